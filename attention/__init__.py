@@ -1,0 +1,1 @@
+"""The attention-control core: hook adapters, the uniform call context and composable controllers."""

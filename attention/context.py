@@ -1,0 +1,74 @@
+"""AttnCall: the one view of an attention call that every controller gets, for U-Net and MMDiT alike."""
+import torch
+
+from comfy.ldm.modules import attention as comfy_attention
+
+
+class AttnCall:
+    """One attention call. q, k, v are [batch, heads, tokens, head_dim].
+
+    kind: "self" or "cross" (U-Net) or "joint" (MMDiT: text tokens first, then image tokens).
+    img: slice of the image tokens among the queries (and keys for self/joint); txt: slice of the text keys.
+    grid: (h, w) of the image tokens; latent_hw: (H, W) of the latent. layer: e.g. "input.4.0" or "double.3".
+    roles / conds: per batch row, "source" / "target" / "aux" and True for the conditional pass.
+    """
+
+    def __init__(self, q, k, v, kind, layer, img, txt, grid, latent_hw, step, sigma, roles, conds, run,
+                 mask=None, block_type=None, block_index=0):
+        self.q, self.k, self.v = q, k, v
+        self.kind, self.layer = kind, layer
+        self.img, self.txt, self.grid, self.latent_hw = img, txt, grid, latent_hw
+        self.step, self.sigma = step, sigma
+        self.roles, self.conds = roles, conds
+        self.run = run
+        self.mask = mask
+        self.block_type, self.block_index = block_type, block_index
+        self.changed = False
+        self._probs = None
+
+    @property
+    def heads(self):
+        return self.q.shape[1]
+
+    @property
+    def scale(self):
+        return self.q.shape[-1] ** -0.5
+
+    def rows(self, role=None, cond=None):
+        """Indices of the batch rows with this role (and cond flag), as a list."""
+        return [i for i, (r, c) in enumerate(zip(self.roles, self.conds))
+                if (role is None or r == role) and (cond is None or c == cond)]
+
+    def set_kv(self, k=None, v=None):
+        """Replace keys and/or values (whole batch) before attention is computed."""
+        if k is not None:
+            self.k = k
+        if v is not None:
+            self.v = v
+        self.changed = True
+        self._probs = None
+
+    def probs(self):
+        """Softmax attention probabilities [batch, heads, q_tokens, k_tokens] of the current q, k (cached)."""
+        if self._probs is None:
+            logits = (self.q @ self.k.transpose(-1, -2)) * self.scale
+            if self.mask is not None:
+                logits = logits + self.mask
+            self._probs = logits.softmax(dim=-1)
+        return self._probs
+
+    def attend(self, q=None, k=None, v=None, bias=None):
+        """Attention with ComfyUI's active kernel; bias is an additive mask broadcastable to the logits."""
+        q = self.q if q is None else q
+        k = self.k if k is None else k
+        v = self.v if v is None else v
+        mask = self.mask if bias is None else (bias if self.mask is None else self.mask + bias)
+        if mask is not None:
+            mask = mask.to(q.dtype).expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        return comfy_attention.optimized_attention(q, k, v, q.shape[1], mask=mask, skip_reshape=True,
+                                                   skip_output_reshape=True)
+
+    def image_map(self, values):
+        """Reshape per-image-token values [..., n_img] to [..., h, w] on the token grid."""
+        h, w = self.grid
+        return values.reshape(*values.shape[:-1], h, w)

@@ -1,0 +1,47 @@
+"""Per-run state shared by the controllers of one sampling run (never stored on module globals)."""
+import torch
+
+
+class RunState:
+    """What a sampling run tells the controllers: branch layout, step, phase, and a scratch store.
+
+    branches: the role of each block of the latent batch, in order, e.g. ("source", "target").
+    per_branch: latent batch items per branch (the latent batch is branches x per_branch).
+    """
+
+    def __init__(self, branches=("target",), per_branch=1, phase="sample", total_steps=0, latent_hw=None):
+        self.branches = tuple(branches)
+        self.per_branch = per_branch
+        self.phase = phase
+        self.total_steps = total_steps
+        self.step = 0
+        self.latent_hw = latent_hw
+        self.store = {}
+
+    def __deepcopy__(self, memo):  # travels inside model_options, which ComfyUI deep-copies on clone
+        return self
+
+    def row_roles(self, batch, cond_or_uncond):
+        """Role and cond flag of each row of a model batch made of len(cond_or_uncond) chunks."""
+        chunks = max(len(cond_or_uncond), 1)
+        chunk = batch // chunks
+        width = len(self.branches) * self.per_branch
+        roles, conds = [], []
+        for row in range(batch):
+            within = row % chunk
+            roles.append(self.branches[(within % width) // self.per_branch] if chunk % width == 0 else "target")
+            conds.append(cond_or_uncond[row // chunk] == 0 if cond_or_uncond else True)
+        return roles, conds
+
+    def release(self):
+        """Drop everything the run kept (caches of K/V, maps)."""
+        self.store.clear()
+
+
+def step_from_sigmas(transformer_options):
+    """Index of the current sigma in the run's schedule (for runs without a RunState)."""
+    sigmas = transformer_options.get("sample_sigmas")
+    sigma = transformer_options.get("sigmas")
+    if sigmas is None or sigma is None:
+        return 0
+    return int(torch.argmin((sigmas.to(sigma.device) - sigma.flatten()[0]).abs()).item())

@@ -1,0 +1,110 @@
+"""Builders for small ComfyUI models (U-Net eps/v and Flux MMDiT) used by the embedded default and the tests.
+
+Every model is a stock ComfyUI class (comfy.model_base.BaseModel / SDXL / Flux) wrapped in a stock
+ModelPatcher, so every ComfyUI node and every patch point treats it exactly like a real checkpoint.
+"""
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models_base
+
+
+class SmallLatentFormat(comfy.latent_formats.LatentFormat):
+    """4-channel latent space of the pack's own autoencoder; scale and shift are set per model."""
+    latent_channels = 4
+
+    def __init__(self, scale_factor=1.0, shift_factor=0.0):
+        self.scale_factor = scale_factor
+        self.shift_factor = shift_factor
+
+    def process_in(self, latent):
+        return (latent - self.shift_factor) * self.scale_factor
+
+    def process_out(self, latent):
+        return latent / self.scale_factor + self.shift_factor
+
+
+class SmallModelConfig(comfy.supported_models_base.BASE):
+    """Model config for a small model: everything comes from the instance's unet_config."""
+    unet_extra_config = {}
+    latent_format = SmallLatentFormat
+    memory_usage_factor = 1.0
+    supported_inference_dtypes = [torch.float32, torch.float16, torch.bfloat16]
+
+    def __init__(self, unet_config, latent_scale=1.0, latent_shift=0.0, sampling_settings=None):
+        super().__init__(unet_config)
+        self.latent_format = SmallLatentFormat(latent_scale, latent_shift)
+        self.sampling_settings = dict(sampling_settings or {})
+
+
+def unet_config(context_dim=32, model_channels=32, channel_mult=(1, 2), head_channels=16, adm_in_channels=None,
+                depth=1, linear=False):
+    """An SD-style UNetModel config: one res block per level, self- and cross-attention at every level."""
+    levels = len(channel_mult)
+    return {
+        "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": model_channels,
+        "num_res_blocks": [1] * levels, "channel_mult": list(channel_mult),
+        "transformer_depth": [depth] * levels, "transformer_depth_output": [depth] * (2 * levels),
+        "transformer_depth_middle": depth, "num_head_channels": head_channels, "num_heads": -1,
+        "context_dim": context_dim, "use_spatial_transformer": True, "legacy": False,
+        "use_linear_in_transformer": linear, "adm_in_channels": adm_in_channels,
+        "use_temporal_attention": False, "use_temporal_resblock": False, "dtype": torch.float32,
+        "num_classes": "sequential" if adm_in_channels else None,
+    }
+
+
+def flux_config(context_dim=32, pooled_dim=32, hidden_size=64, heads=4, double_blocks=2, single_blocks=2,
+                guidance_embed=True):
+    """A Flux-architecture MMDiT config (2x2 patches over a 4-channel latent)."""
+    head_dim = hidden_size // heads
+    axes = [head_dim - 2 * (head_dim // 8 * 3), head_dim // 8 * 3, head_dim // 8 * 3]
+    return {
+        "image_model": "flux", "in_channels": 4, "out_channels": 4, "vec_in_dim": pooled_dim,
+        "context_in_dim": context_dim, "hidden_size": hidden_size, "mlp_ratio": 4.0, "num_heads": heads,
+        "depth": double_blocks, "depth_single_blocks": single_blocks, "axes_dim": axes, "theta": 10000,
+        "patch_size": 2, "qkv_bias": True, "guidance_embed": guidance_embed, "dtype": torch.float32,
+    }
+
+
+def init_weights_(module, seed):
+    """Explicitly initialise every parameter (ComfyUI layers skip init): scaled normals, unit norm gains."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in ** 0.5)
+            elif name.endswith("weight") or name.endswith("scale"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    return module
+
+
+def _patcher(model, state_dict, seed):
+    if state_dict is None:
+        init_weights_(model.diffusion_model, seed)
+    else:
+        missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"state dict does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.diffusion_model.float()
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def build_unet(config, state_dict=None, prediction="eps", latent_scale=1.0, latent_shift=0.0, seed=0):
+    """A ModelPatcher around comfy.model_base.BaseModel (or SDXL when the config has adm channels)."""
+    model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
+    model_config = SmallModelConfig(config, latent_scale, latent_shift)
+    cls = comfy.model_base.SDXL if config.get("adm_in_channels") else comfy.model_base.BaseModel
+    return _patcher(cls(model_config, model_type=model_type), state_dict, seed)
+
+
+def build_flux(config, state_dict=None, latent_scale=1.0, latent_shift=0.0, shift=1.0, seed=0):
+    """A ModelPatcher around comfy.model_base.Flux (rectified flow, CONST sampling)."""
+    model_config = SmallModelConfig(config, latent_scale, latent_shift, {"shift": shift})
+    return _patcher(comfy.model_base.Flux(model_config), state_dict, seed)

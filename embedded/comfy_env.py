@@ -1,0 +1,27 @@
+"""Make ComfyUI importable from standalone scripts (training, gates): path + CPU flag, before any comfy import.
+
+Inside a running ComfyUI this is a no-op apart from the path check."""
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def comfy_dir():
+    """ComfyUI root: $COMFYUI_DIR, else the path recorded by scripts/setup.sh in .comfyui_path."""
+    d = os.environ.get("COMFYUI_DIR")
+    if not d:
+        with open(os.path.join(_HERE, "..", ".comfyui_path")) as f:
+            d = f.read().strip()
+    return d
+
+
+def setup(cpu=True):
+    """Put ComfyUI on sys.path and (for scripts) force CPU before comfy.model_management is imported."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    d = comfy_dir()
+    if d not in sys.path:
+        sys.path.insert(0, d)
+    if "comfy.model_management" not in sys.modules:
+        from comfy.cli_args import args
+        args.cpu = cpu

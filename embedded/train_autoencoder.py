@@ -1,0 +1,119 @@
+"""Train the domain autoencoder in ComfyUI's TAESD format (64x64 RGB -> 8x8x4 latent).
+
+Uses ComfyUI's own comfy.taesd.taesd.Encoder/Decoder as the architecture; saves fp16 safetensors with keys
+taesd_encoder.* / taesd_decoder.* / vae_scale / vae_shift, so stock comfy.sd.VAE (VAELoader) loads it.
+The encoder sees pixels in [0,1] and the decoder predicts [0,1] (that is how TAESD.encode/decode wrap them).
+vae_scale/vae_shift are set after training so that VAEEncode latents have zero mean and unit std.
+
+Most steps train on 32x32 crops aligned to the 8-pixel latent grid (4x cheaper, same convolutions),
+then a short phase on full 64x64 images.
+    OMP_NUM_THREADS=1 python -m embedded.train_autoencoder
+"""
+import argparse
+import math
+import time
+
+import torch
+
+from . import comfy_env
+
+comfy_env.setup()
+import comfy.taesd.taesd as taesd  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from . import dataset, paths  # noqa: E402
+
+
+def init_conv_(module, seed):
+    """PyTorch-default init for every conv (ComfyUI's ops skip it); last conv of each residual branch scaled down."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            fan_in = m.weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in)
+            with torch.no_grad():
+                m.weight.copy_((torch.rand(m.weight.shape, generator=gen) * 2 - 1) * bound * math.sqrt(6.0) / math.sqrt(2.0))
+                if m.bias is not None:
+                    m.bias.zero_()
+        if isinstance(m, taesd.Block):
+            with torch.no_grad():
+                m.conv[-1].weight.mul_(0.3)
+
+
+def psnr(a, b):
+    mse = ((a.clamp(0, 1) - b) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item()
+
+
+def random_crops(x, gen, crop=32, grid=8):
+    n, _, h, w = x.shape
+    ys = torch.randint(0, (h - crop) // grid + 1, (n,), generator=gen) * grid
+    xs = torch.randint(0, (w - crop) // grid + 1, (n,), generator=gen) * grid
+    return torch.stack([x[i, :, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop] for i in range(n)])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--crop-steps", type=int, default=1600)
+    ap.add_argument("--full-steps", type=int, default=250)
+    ap.add_argument("--crop-batch", type=int, default=16)
+    ap.add_argument("--full-batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--n-train", type=int, default=12000)
+    ap.add_argument("--latent-reg", type=float, default=1e-4)
+    ap.add_argument("--out", default=paths.AUTOENCODER)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    t0 = time.time()
+    imgs, _, _ = dataset.make_dataset(args.n_train, seed=args.seed + 100, held_out=False)
+    val, _, _ = dataset.make_dataset(64, seed=args.seed + 999, held_out=False)
+    x_all = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(255)
+    x_val = torch.from_numpy(val).permute(0, 3, 1, 2).float().div(255)
+    print(f"data {time.time() - t0:.1f}s", flush=True)
+
+    model = taesd.TAESD(latent_channels=4)
+    init_conv_(model, args.seed)
+    enc, dec = model.taesd_encoder, model.taesd_decoder
+    params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.Adam(params, lr=args.lr)
+    total = args.crop_steps + args.full_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / total))))
+
+    for step in range(total):
+        full = step >= args.crop_steps
+        bs = args.full_batch if full else args.crop_batch
+        idx = torch.randint(0, len(x_all), (bs,), generator=gen)
+        x = x_all[idx]
+        if not full:
+            x = random_crops(x, gen)
+        z = enc(x)
+        y = dec(z)
+        loss = torch.nn.functional.mse_loss(y, x) + args.latent_reg * z.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == total - 1:
+            with torch.no_grad():
+                zv = enc(x_val)
+                p = psnr(dec(zv), x_val)
+            print(f"step {step} loss {loss.item():.5f} val_psnr {p:.2f} z_std {zv.std().item():.3f} "
+                  f"t {time.time() - t0:.0f}s", flush=True)
+
+    with torch.no_grad():
+        zv = enc(x_val)
+        mean, std = zv.mean().item(), zv.std().item()
+        model.vae_scale.fill_(std)
+        model.vae_shift.fill_(-mean / std)
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, args.out, metadata={"format": "taesd", "latent_mean": str(mean), "latent_std": str(std)})
+    print(f"saved {args.out} raw latent mean {mean:.4f} std {std:.4f}; total {time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Test-only ComfyUI nodes: tiny random-weight models built from ComfyUI's own classes, and matching conditioning.
+
+Loaded by the tests with ComfyUI's own load_custom_node, like any custom node pack.
+"""
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+_spec = importlib.util.spec_from_file_location(
+    "edit_pack_test_architectures", Path(__file__).resolve().parents[2] / "embedded" / "architectures.py")
+architectures = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = architectures
+_spec.loader.exec_module(architectures)
+
+CONTEXT_DIM = 32
+TOKENS = 8
+KINDS = ("sd15", "sd15_v", "sdxl", "flux")
+
+
+def tiny_model(kind, seed=0):
+    """A fresh tiny ModelPatcher of the given kind with explicitly initialised random weights."""
+    if kind == "sd15":
+        return architectures.build_unet(architectures.unet_config(context_dim=CONTEXT_DIM), seed=seed)
+    if kind == "sd15_v":
+        return architectures.build_unet(architectures.unet_config(context_dim=CONTEXT_DIM), prediction="v",
+                                        seed=seed)
+    if kind == "sdxl":
+        config = architectures.unet_config(context_dim=CONTEXT_DIM, adm_in_channels=CONTEXT_DIM + 6 * 256,
+                                           channel_mult=(1, 2), depth=2, linear=True)
+        return architectures.build_unet(config, seed=seed)
+    if kind == "flux":
+        return architectures.build_flux(architectures.flux_config(context_dim=CONTEXT_DIM, pooled_dim=CONTEXT_DIM),
+                                        seed=seed)
+    raise ValueError(f"kind must be one of {KINDS}")
+
+
+def word_vector(word):
+    seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "little")
+    return torch.randn(CONTEXT_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def tiny_conditioning(text):
+    """Token states [1, TOKENS, CONTEXT_DIM]: one deterministic vector per word, zero padding; pooled = mean."""
+    words = text.lower().split()[:TOKENS]
+    states = torch.zeros(1, TOKENS, CONTEXT_DIM)
+    for i, word in enumerate(words):
+        states[0, i] = word_vector(word)
+    pooled = states[0, :max(len(words), 1)].mean(0, keepdim=True)
+    return [[states, {"pooled_output": pooled}]]
+
+
+class TinyTestModel:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (list(KINDS),), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, kind, seed):
+        return (tiny_model(kind, seed),)
+
+
+class TinyTestConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"default": ""})}}
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+    CATEGORY = "testing"
+
+    def encode(self, text):
+        return (tiny_conditioning(text),)
+
+
+class TestSink:
+    """Output node that accepts anything, so tests can execute graphs that end in non-output nodes."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("*",)}}
+    RETURN_TYPES = ()
+    FUNCTION = "sink"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types):
+        return True
+
+    def sink(self, value):
+        return ()
+
+
+NODE_CLASS_MAPPINGS = {"TinyTestModel": TinyTestModel, "TinyTestConditioning": TinyTestConditioning,
+                       "TestSink": TestSink}
