@@ -46,7 +46,7 @@ def _roles(options, batch):
 
 def _step_sigma(options):
     run = options.get(RUN_KEY)
-    step = run.step if run is not None else step_from_sigmas(options)
+    step = run.step if run is not None and run.step is not None else step_from_sigmas(options)
     sigmas = options.get("sigmas")
     return step, (float(sigmas.flatten()[0]) if sigmas is not None else 0.0)
 
@@ -162,14 +162,15 @@ def install_hooks(model):
             for attn, kind, setter in (("attn1", "self", model.set_model_attn1_replace),
                                        ("attn2", "cross", model.set_model_attn2_replace)):
                 existing = replace.get(attn, {}).get((block, number, index))
-                setter(UNetAttnHook(kind, existing), block, number, index)
+                if not isinstance(existing, UNetAttnHook):
+                    setter(UNetAttnHook(kind, existing), block, number, index)
     else:
         if "optimized_attention_override" in options:
             options[PREV_OVERRIDE_KEY] = options["optimized_attention_override"]
         options["optimized_attention_override"] = dit_attention_override
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
                                    record_dit_geometry)
-    options[HOOKED_KEY] = True
+    model.model_options["transformer_options"][HOOKED_KEY] = True  # set_model_attn*_replace swaps the dict
     return family
 
 

@@ -14,7 +14,7 @@ class RunState:
         self.per_branch = per_branch
         self.phase = phase
         self.total_steps = total_steps
-        self.step = 0
+        self.step = None  # None: derived from the current sigma; samplers of the pack set it
         self.latent_hw = latent_hw
         self.store = {}
 

@@ -1,0 +1,86 @@
+"""Exact attribute classifier for the shapes domain: background colour, objects' colours and shape types.
+
+Works on any RGB image of the domain (ground truth, VAE reconstruction, or a sample): background = nearest
+palette colour to the median border pixel; objects = connected regions far from the background colour;
+object colour = nearest palette colour to the median of its interior pixels; shape type from geometry
+(fill ratio of the bounding box: square ~1, circle ~pi/4, triangle ~1/2, plus top/bottom width ratio).
+"""
+import numpy as np
+from scipy import ndimage
+
+from . import dataset
+
+_NAMES = list(dataset.PALETTE)
+_RGB = np.asarray([dataset.PALETTE[n] for n in _NAMES], np.float32) / 255.0
+
+
+def nearest_colour(rgb):
+    """Palette name nearest (Euclidean RGB) to an RGB triple in [0,1]."""
+    return _NAMES[int(np.argmin(((_RGB - np.asarray(rgb, np.float32)) ** 2).sum(-1)))]
+
+
+def shape_type(mask):
+    """'square' / 'circle' / 'triangle' from a boolean object mask."""
+    ys, xs = np.nonzero(mask)
+    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    fill = mask.sum() / float(h * w)
+    sub = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    band = max(1, h // 4)
+    top, bottom = sub[:band].sum(), sub[-band:].sum()
+    taper = top / max(bottom, 1)  # triangle (apex up) ~1/7, square and circle ~1
+    if taper < 0.5 and fill < 0.7:
+        return "triangle"
+    if fill > 0.88:
+        return "square"
+    if fill > 0.62:
+        return "circle"
+    return "triangle"
+
+
+def classify(image, min_area=12, threshold=0.25):
+    """image: float [H,W,3] in [0,1]. Returns {"background": name, "objects": [{shape, color, bbox, area}]}
+    with objects ordered left to right (as captions name them)."""
+    img = np.asarray(image, np.float32)
+    border = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3), img[:, :2].reshape(-1, 3),
+                             img[:, -2:].reshape(-1, 3)])
+    bg_name = nearest_colour(np.median(border, axis=0))
+    bg = _RGB[_NAMES.index(bg_name)]
+    fg = np.sqrt(((img - bg) ** 2).sum(-1)) > threshold
+    lab, n = ndimage.label(fg)
+    objects = []
+    for i in range(1, n + 1):
+        m = lab == i
+        area = int(m.sum())
+        if area < min_area:
+            continue
+        inner = ndimage.binary_erosion(m, iterations=1)
+        pix = img[inner] if inner.sum() >= 4 else img[m]
+        ys, xs = np.nonzero(m)
+        objects.append({"shape": shape_type(m), "color": nearest_colour(np.median(pix, axis=0)),
+                        "bbox": (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), "area": area})
+    objects.sort(key=lambda o: (o["bbox"][0] + o["bbox"][2]) / 2)
+    return {"background": bg_name, "objects": objects}
+
+
+def matches(pred, background, objects):
+    """True when pred has this background and exactly these (shape, colour) objects (in any order)."""
+    if pred["background"] != background:
+        return False
+    return sorted((o["shape"], o["color"]) for o in pred["objects"]) == sorted(objects)
+
+
+def parse_caption(text):
+    """('blue', [('circle', 'red'), ...]) from a domain caption; None if it is not one."""
+    words = text.lower().replace(",", " ").split()
+    if "on" not in words or words[-1] != "background":
+        return None
+    cut = len(words) - 1 - words[::-1].index("on")
+    background = words[-2]
+    objs, i, head = [], 0, words[:cut]
+    while i < len(head):
+        if head[i] in dataset.PALETTE and i + 1 < len(head) and head[i + 1] in dataset.SHAPES:
+            objs.append((head[i + 1], head[i]))
+            i += 2
+        else:
+            i += 1
+    return background, objs
