@@ -10,17 +10,19 @@ class AttentionCapture(Controller):
     At every image position a map is a distribution over the text tokens (for MMDiT joint attention the
     softmax is taken over the text keys only). Stored in run.store[key][step] = [sum over layers, count].
     layers: None for every cross/joint layer, else a collection of layer names (e.g. {"double.1"}).
-    steps: None for every step, else a collection of step indices.
+    steps: None for every step, else a collection of step indices. phases: run phases that record ("sample" for
+    plain samplers, "capture" for an inversion's replay pass, "edit" for the edit sampler).
     """
     kinds = ("cross", "joint")
 
-    def __init__(self, key, layers=None, steps=None):
+    def __init__(self, key, layers=None, steps=None, phases=("capture", "edit", "sample")):
         self.key = key
+        self.phases = tuple(phases)
         self.layers = None if layers is None else frozenset(layers)
         self.steps = None if steps is None else frozenset(steps)
 
     def wants(self, call):
-        return (call.kind in self.kinds and call.run is not None
+        return (call.kind in self.kinds and call.run is not None and call.run.phase in self.phases
                 and (self.layers is None or call.layer in self.layers)
                 and (self.steps is None or call.step in self.steps))
 

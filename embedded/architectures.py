@@ -108,3 +108,26 @@ def build_flux(config, state_dict=None, latent_scale=1.0, latent_shift=0.0, shif
     """A ModelPatcher around comfy.model_base.Flux (rectified flow, CONST sampling)."""
     model_config = SmallModelConfig(config, latent_scale, latent_shift, {"shift": shift})
     return _patcher(comfy.model_base.Flux(model_config), state_dict, seed)
+
+
+def sd15_unet_config(dtype=torch.float32):
+    """The full SD1.5 U-Net config (860 M params): 320 channels, mult (1,2,4,4), 2 res blocks, 8 heads, context 768."""
+    return {
+        "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+        "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_output": [1] * 9 + [0] * 3,
+        "transformer_depth_middle": 1, "num_heads": 8, "num_head_channels": -1, "context_dim": 768,
+        "use_spatial_transformer": True, "legacy": False, "use_linear_in_transformer": False,
+        "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,
+        "dtype": dtype, "num_classes": None,
+    }
+
+
+def flux_dev_config(dtype=torch.bfloat16):
+    """The FLUX.1-dev MMDiT config (12 B params): 19 double and 38 single blocks, hidden 3072, 24 heads."""
+    return {
+        "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096,
+        "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 19, "depth_single_blocks": 38,
+        "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+        "dtype": dtype,
+    }

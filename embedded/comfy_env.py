@@ -17,7 +17,7 @@ def comfy_dir():
 
 
 def setup(cpu=True):
-    """Put ComfyUI on sys.path and (for scripts) force CPU before comfy.model_management is imported."""
+    """Put ComfyUI on sys.path and (for scripts) force CPU + SDPA attention before comfy.model_management is imported."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     d = comfy_dir()
     if d not in sys.path:
@@ -25,3 +25,4 @@ def setup(cpu=True):
     if "comfy.model_management" not in sys.modules:
         from comfy.cli_args import args
         args.cpu = cpu
+        args.use_pytorch_cross_attention = True  # SDPA: much faster on CPU than ComfyUI's default there

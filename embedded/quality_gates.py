@@ -87,8 +87,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sheet", default=None, help="folder for contact sheets of the samples")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--progress", action="store_true", help="show ComfyUI's sampler progress bars")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    import comfy.utils
+    comfy.utils.set_progress_bar_enabled(args.progress)
     results, ok = {}, True
     with torch.inference_mode():
         t0 = time.time()

@@ -62,6 +62,10 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--n-train", type=int, default=12000)
     ap.add_argument("--latent-reg", type=float, default=1e-4)
+    ap.add_argument("--init", default=None, help="continue from a saved autoencoder (fine-tuning stage)")
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--freeze-encoder", action="store_true",
+                    help="train the decoder only (keeps the latent space, and so the trained denoisers, valid)")
     ap.add_argument("--out", default=paths.AUTOENCODER)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -77,11 +81,18 @@ def main():
 
     model = taesd.TAESD(latent_channels=4)
     init_conv_(model, args.seed)
+    if args.init:
+        from safetensors.torch import load_file
+        sd = {k: v.float() for k, v in load_file(args.init).items() if k.startswith("taesd_")}
+        model.load_state_dict(sd, strict=False)
+        print(f"initialised from {args.init}", flush=True)
+    if args.freeze_encoder:
+        enc.requires_grad_(False)
     enc, dec = model.taesd_encoder, model.taesd_decoder
-    params = list(enc.parameters()) + list(dec.parameters())
+    params = [p for p in list(enc.parameters()) + list(dec.parameters()) if p.requires_grad]
     opt = torch.optim.Adam(params, lr=args.lr)
     total = args.crop_steps + args.full_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / total))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / total))))
 
     for step in range(total):
         full = step >= args.crop_steps
@@ -90,7 +101,8 @@ def main():
         x = x_all[idx]
         if not full:
             x = random_crops(x, gen)
-        z = enc(x)
+        with torch.set_grad_enabled(not args.freeze_encoder):
+            z = enc(x)
         y = dec(z)
         loss = torch.nn.functional.mse_loss(y, x) + args.latent_reg * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)

@@ -14,9 +14,15 @@ from . import dataset, text_encoder
 
 
 def file_tag(path):
-    """Short content hash of a weights file (the cache is only valid for the autoencoder that made it)."""
-    with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()[:10]
+    """Short hash of an autoencoder's encoder + latent normalisation (the latents depend on nothing else)."""
+    from safetensors.torch import load_file
+    sd = load_file(path)
+    h = hashlib.sha1()
+    for k in sorted(sd):
+        if not k.startswith("taesd_decoder."):
+            h.update(k.encode())
+            h.update(sd[k].numpy().tobytes())
+    return h.hexdigest()[:10]
 
 
 def build(vae, clip, n=6000, seed=1, cache_dir="/tmp/embedded_cache", batch=64, tag="ae"):

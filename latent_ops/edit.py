@@ -1,0 +1,86 @@
+"""The multi-branch edit sampler: source, target and optional auxiliary branches denoised in one batch."""
+from dataclasses import dataclass
+
+import torch
+
+from ..attention.controller import RUN_KEY
+from ..attention.run_state import RunState
+from .conditioning import BranchCFG, stack_conditioning
+from .guided_loop import StepProgress, run_guided
+from .latent_hooks import latent_hooks_of
+from .solvers import Stepper
+
+
+@dataclass
+class Branch:
+    role: str
+    positive: list
+    cfg: float
+    start: torch.Tensor = None  # model-space latent at the first edit step; default: the inverted trajectory
+
+
+def edit(model, inversion, branches, negative=None, source_mode="replay", start_step=0, seed=0):
+    """Denoise all branches from the inversion; returns {role: final latent (user space)} and the RunState.
+
+    source_mode "replay" pins the source branch to the stored trajectory at every step (exact source K/V and
+    an exact source output); "reconstruct" lets it evolve from the inverted noise with its own prompt.
+    """
+    inversion.check_model(model)
+    if not 0 <= start_step < inversion.steps:
+        raise ValueError(f"start_step must be in [0, {inversion.steps - 1}] for this {inversion.steps}-step inversion")
+    if source_mode not in ("replay", "reconstruct"):
+        raise ValueError("source_mode must be 'replay' or 'reconstruct'")
+    roles = [b.role for b in branches]
+    per_branch = inversion.shape[0]
+    trajectory, sigmas = inversion.trajectory, inversion.sigmas
+    default_target = inversion.target_start if inversion.target_start is not None and start_step == 0 else None
+    starts = [b.start if b.start is not None else default_target if b.role == "target" and default_target is not None
+              else trajectory[start_step] for b in branches]
+    starts = [s.to(trajectory[0]) for s in starts]
+    for b, s in zip(branches, starts):
+        if tuple(s.shape) != inversion.shape:
+            raise ValueError(f"{b.role} start latent has shape {tuple(s.shape)}, the inversion {inversion.shape}")
+
+    cfg = BranchCFG([b.cfg for b in branches], per_branch)
+    if cfg.guider_cfg() != 1.0 and negative is None:
+        raise ValueError("negative: a branch uses guidance other than 1, so a negative CONDITIONING is required")
+    names = [f"{r} conditioning" for r in roles]
+    positive = stack_conditioning([b.positive for b in branches], names, per_branch)
+    negative = stack_conditioning([negative] * len(branches), ["negative"] * len(branches), per_branch) \
+        if negative is not None else None
+
+    clone = model.clone()
+    run = RunState(branches=roles, per_branch=per_branch, phase="edit", total_steps=inversion.steps,
+                   latent_hw=tuple(inversion.shape[-2:]))
+    run.store.update(inversion.store)
+    run.store["source_trajectory"] = trajectory
+    clone.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
+    clone.model_options["sampler_cfg_function"] = cfg
+    hooks = latent_hooks_of(model)
+    replay = source_mode == "replay" and "source" in roles
+    src_rows = slice(roles.index("source") * per_branch, (roles.index("source") + 1) * per_branch) if replay else None
+    stepper = Stepper(inversion.solver, inversion.flow)
+    progress = StepProgress(inversion.steps - start_step)
+
+    def denoised_hook(x, den, sigma, sigma_next):
+        for h in hooks:
+            den = h.adjust_denoised(run, x, den, sigma, sigma_next)
+        return den
+
+    def loop(model_fn, _, sig):
+        x = torch.cat(starts)
+        for i in range(start_step, inversion.steps):
+            run.step = i
+            for h in hooks:
+                x = h.adjust_latent(run, x, float(sig[i]), model_fn)
+            x = stepper.step(model_fn, x, float(sig[i]), float(sig[i + 1]), denoised_hook if hooks else None)
+            if replay:
+                x[src_rows] = trajectory[i + 1]
+            progress.tick()
+        return x
+
+    latent = clone.model.process_latent_out(torch.cat(starts))
+    out = run_guided(clone, positive, negative, cfg.guider_cfg(), latent, sigmas, loop, seed)
+    results = {role: out[i * per_branch:(i + 1) * per_branch] for i, role in enumerate(roles)}
+    run.phase = "done"
+    return results, run

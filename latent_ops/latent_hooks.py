@@ -1,0 +1,30 @@
+"""Latent hooks: per-step operations on the branch latents that a MODEL carries into the edit sampler
+(blends of predicted clean latents, latent optimisation). Composed in order, like attention controllers."""
+
+LATENT_HOOKS_KEY = "edit_pack_latent_hooks"
+
+
+class LatentHook:
+    """Base latent hook: changes nothing."""
+
+    def adjust_latent(self, run, x, sigma, model_fn):
+        """Before the model is evaluated at a step: may return a new branch-stacked latent."""
+        return x
+
+    def adjust_denoised(self, run, x, denoised, sigma, sigma_next):
+        """After the evaluation that drives the step: may return a new denoised estimate."""
+        return denoised
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def latent_hooks_of(model):
+    return tuple(model.model_options.get(LATENT_HOOKS_KEY, ()))
+
+
+def with_latent_hook(model, hook):
+    """A clone of `model` that also carries `hook`; the input MODEL is left untouched."""
+    clone = model.clone()
+    clone.model_options[LATENT_HOOKS_KEY] = latent_hooks_of(model) + (hook,)
+    return clone
