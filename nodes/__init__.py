@@ -1,6 +1,10 @@
-"""Thin ComfyUI node classes, one file per technique; this module gathers their mappings."""
-from . import edit_sampler, invert
+"""Thin ComfyUI node classes, one file per technique; this module gathers the mappings every node file exports."""
+import importlib
+import pkgutil
 
-_MODULES = (invert, edit_sampler)
-NODE_CLASS_MAPPINGS = {k: v for m in _MODULES for k, v in m.NODE_CLASS_MAPPINGS.items()}
-NODE_DISPLAY_NAME_MAPPINGS = {k: v for m in _MODULES for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
+    NODE_CLASS_MAPPINGS.update(getattr(_module, "NODE_CLASS_MAPPINGS", {}))
+    NODE_DISPLAY_NAME_MAPPINGS.update(getattr(_module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
