@@ -32,6 +32,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=4, help="sampling steps per timed sampling (default 4)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="auto: the GPU when torch sees one, else the CPU")
+    p.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
+                   help="cpu: process CPU time (robust to other processes sharing the cores); "
+                        "auto: cpu on the CPU, wall on a GPU")
     return p.parse_args(argv)
 
 
@@ -119,30 +122,30 @@ def cases(args, device):
     return out
 
 
-def timed_sample(model, pos, neg, latent, cfg, steps, sync):
+def timed_sample(model, pos, neg, latent, cfg, steps, sync, clock=time.perf_counter):
     """Seconds per step of one KSampler-path sampling run."""
     import comfy.sample
     noise = comfy.sample.prepare_noise(latent, 0)
     sync()
-    start = time.perf_counter()
+    start = clock()
     comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", pos, neg, latent, denoise=1.0,
                         disable_pbar=True, seed=0)
     sync()
-    return (time.perf_counter() - start) / steps
+    return (clock() - start) / steps
 
 
-def measure(variants, pos, neg, latent, cfg, steps, repeats, sync):
+def measure(variants, pos, neg, latent, cfg, steps, repeats, sync, clock=time.perf_counter):
     """{variant: [seconds per step]}, interleaved: every repeat runs each variant once, in rotating order."""
     names = list(variants)
     for name in names:  # warm-up (first load, kernel selection, caches)
-        timed_sample(variants[name], pos, neg, latent, cfg, steps, sync)
+        timed_sample(variants[name], pos, neg, latent, cfg, steps, sync, clock)
     times = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         if r % 2:
             order.reverse()
         for name in order:
-            times[name].append(timed_sample(variants[name], pos, neg, latent, cfg, steps, sync))
+            times[name].append(timed_sample(variants[name], pos, neg, latent, cfg, steps, sync, clock))
     return times
 
 
@@ -159,8 +162,11 @@ def main(argv=None):
     import comfy.model_management
     device = comfy.model_management.get_torch_device()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    use_cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu")
+    clock = time.process_time if use_cpu_clock else time.perf_counter
     print(f"# attention overhead: scale={args.scale} device={device} threads={torch.get_num_threads()} "
-          f"steps={args.steps} repeats={args.repeats} torch={torch.__version__}")
+          f"steps={args.steps} repeats={args.repeats} clock={'cpu' if use_cpu_clock else 'wall'} "
+          f"torch={torch.__version__}")
     if device.type == "cuda":
         print(f"# gpu: {torch.cuda.get_device_name()}")
     print(f"{'model':<44} {'plain ms/step':>14} {'hooked':>9} {'chain':>9} {'chain/plain':>12} {'paired':>8}")
@@ -172,7 +178,7 @@ def main(argv=None):
             hooks.install_hooks(hooked)
             variants = {"plain": model, "hooked": hooked,
                         "chain": hooks.with_controller(model, controller.Controller())}
-            times = measure(variants, pos, neg, latent, cfg, args.steps, args.repeats, sync)
+            times = measure(variants, pos, neg, latent, cfg, args.steps, args.repeats, sync, clock)
         med = {name: statistics.median(t) for name, t in times.items()}
         ratio = med["chain"] / med["plain"]
         paired = statistics.median(c / p for c, p in zip(times["chain"], times["plain"]))

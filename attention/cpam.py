@@ -1,0 +1,237 @@
+"""CPAM controllers: self-attention preservation adaptation and localized cross-attention extraction.
+
+Both act on the target rows of the edit sampler's batch during the "edit" phase (other rows, other phases and runs
+without a RunState pass through). The source K/V come from the source rows of the same call (the edit sampler
+runs source and target in one batch); a target row of the cond (uncond) pass is paired with the source row of the
+same pass and the same image position, falling back to the source cond row.
+
+Preservation (self / joint attention), for each target query (M_s, M_t resized to the layer's token grid):
+  SC_bg = Att(Q, K_src, V_src) over the source background keys (M_s < 0.5),
+  SC_fg = Att(Q, K_src, V_src) over the source object keys (M_s >= 0.5) if retain_object and step > T and
+          layer > L, else the target's plain self-attention Att(Q, K, V),
+  SC = M_t * SC_fg + (1 - M_t) * SC_bg;  mode "remove": SC = SC_bg for every query.
+  step = denoising step index from the start of the schedule; layer = index over the model's self-attention
+  layers (U-Net attn1, Flux double then single blocks) in forward order, 0-based. In a seeded random `fraction` of
+  the layers, redrawn every step, the target keeps plain self-attention. If a key set is empty (M_s all object or
+  all background) all source keys are used.
+Localized extraction (cross / joint attention), target cond rows only: queries inside M_t attend to the target
+prompt's K/V, queries outside to the empty prompt's K/V, taken from the aux rows (cond pass) of the same call, so
+the Edit Sampler needs an aux branch with the empty prompt. Target uncond rows already attend to the negative.
+Flux joint attention (text tokens first): the preservation restricts the image keys (text keys stay the target's
+own), the extraction swaps the text keys/values for the aux row's; image queries only, text queries stay plain.
+Both controllers on one joint call combine (the product of their regions) through a per-call plan.
+"""
+import torch
+
+from comfy.ldm.modules import attention as comfy_attention
+
+from ..latent_ops.cpam_masks import pick, to_grid
+from .controller import Controller
+from .hooks import model_family, unet_transformer_blocks
+
+PLAN = "_cpam_plan"
+
+
+def self_attention_layers(model):
+    """Names of the model's self-attention (U-Net) or joint-attention (Flux) layers, in forward order."""
+    if model_family(model) == "unet":
+        return tuple(f"{b}.{n}.{i}" for b, n, i in unet_transformer_blocks(model.model.diffusion_model))
+    dm = model.model.diffusion_model
+    return tuple(f"double.{i}" for i in range(len(dm.double_blocks))) + \
+        tuple(f"single.{i}" for i in range(len(dm.single_blocks)))
+
+
+def plain_layers(layers, fraction, seed, step):
+    """The layers that keep plain self-attention at `step`: round(fraction * n) of them, drawn from (seed, step)."""
+    count = int(round(fraction * len(layers)))
+    if count <= 0:
+        return frozenset()
+    g = torch.Generator().manual_seed(int(seed) * 1000003 + int(step or 0))
+    return frozenset(layers[i] for i in torch.randperm(len(layers), generator=g)[:count].tolist())
+
+
+def masked_attention(q, k, v, keep=None, mask=None):
+    """Att(q, k, v) over the keys where keep [L] is True; q, k, v [1, heads, tokens, dim]; mask: additive extra."""
+    bias = None
+    if keep is not None and not bool(keep.all()):
+        bias = torch.zeros(keep.shape[0], dtype=q.dtype, device=q.device)
+        bias[~keep.to(q.device)] = float("-inf")
+        bias = bias.view(1, 1, 1, -1)
+    if mask is not None:
+        bias = mask.to(q.dtype) if bias is None else bias + mask.to(q.dtype)
+    if bias is not None:
+        bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    return comfy_attention.optimized_attention(q, k, v, q.shape[1], mask=bias, skip_reshape=True,
+                                               skip_output_reshape=True)
+
+
+def _pairs(call, role, cond_only):
+    """(target row, partner row of `role`, image position) for the target rows of the call."""
+    per = max(getattr(call.run, "per_branch", 1), 1)
+    out = []
+    for cond in ((True,) if cond_only else (True, False)):
+        partners = call.rows(role, cond) or call.rows(role, True)
+        for j, r in enumerate(call.rows("target", cond)):
+            if partners:
+                out.append((r, partners[j % len(partners)], j % per))
+    return out
+
+
+def _active(call):
+    return call.run is not None and call.run.phase == "edit" and "target" in call.roles
+
+
+class _Plan:
+    """What the CPAM controllers want for one call: per target row, image-key and text-key regions.
+
+    A region is (query weight [n_img], k, v, keep) over the image (or text) keys. The output of a target row's image
+    queries is the sum over (image region x text region) of the weight product times the attention over the
+    concatenated keys (joint) or over the one key set (self / cross).
+    """
+
+    def __init__(self):
+        self.image, self.text, self.done = {}, {}, False
+
+    def compute(self, call, out):
+        rows = sorted(set(self.image) | set(self.text))
+        img = call.img
+        out = out.clone()
+        for r in rows:
+            q = call.q[r:r + 1, :, img]
+            mask = None
+            if call.mask is not None:
+                m = call.mask[r:r + 1] if call.mask.ndim == 4 and call.mask.shape[0] == call.q.shape[0] else call.mask
+                mask = m[..., img, :] if m.ndim >= 2 and m.shape[-2] == call.q.shape[2] else m
+            result = 0
+            for wi, ki, vi, keepi in self._regions(call, r, "image"):
+                for wt, kt, vt, keept in self._regions(call, r, "text"):
+                    w = wi * wt
+                    if not bool((w != 0).any()):
+                        continue
+                    k, v, keep = self._keys(call, (ki, vi, keepi), (kt, vt, keept))
+                    att = masked_attention(q, k, v, keep, mask)
+                    result = result + w.to(att.dtype).view(1, 1, -1, 1) * att
+            out[r:r + 1, :, img] = result.to(out.dtype)
+        self.done = True
+        return out
+
+    def _regions(self, call, r, part):
+        chosen = (self.image if part == "image" else self.text).get(r)
+        if chosen is not None:
+            return chosen
+        n = call.img.stop - call.img.start
+        if part == "image" and call.kind == "cross":
+            return [(torch.ones(1, device=call.q.device), None, None, None)]  # no image keys in cross-attention
+        if part == "text" and call.kind == "self":
+            return [(torch.ones(1, device=call.q.device), None, None, None)]
+        sl = call.img if part == "image" else call.txt
+        one = torch.ones(n, device=call.q.device)
+        return [(one, call.k[r:r + 1, :, sl], call.v[r:r + 1, :, sl], None)]
+
+    @staticmethod
+    def _keys(call, image, text):
+        parts = [p for p in (text, image) if p[0] is not None]  # text keys first (joint layout)
+        k = torch.cat([p[0] for p in parts], 2)
+        v = torch.cat([p[1] for p in parts], 2)
+        keeps = [p[2] if p[2] is not None else torch.ones(p[0].shape[2], dtype=torch.bool, device=k.device)
+                 for p in parts]
+        return k, v, torch.cat(keeps)
+
+
+def _plan(call):
+    plan = call.__dict__.get(PLAN)
+    if plan is None:
+        plan = call.__dict__[PLAN] = _Plan()
+    return plan
+
+
+class _CPAMController(Controller):
+    def after(self, call, out):
+        plan = call.__dict__.get(PLAN)
+        if plan is None or plan.done or not (plan.image or plan.text):
+            return out
+        return plan.compute(call, out)
+
+
+class SelfAttentionPreservation(_CPAMController):
+    """CPAM preservation adaptation on self-attention (U-Net) / image keys of joint attention (Flux).
+
+    source_mask: [B, H, W] object mask M_s; target: a TargetMask giving M_t; layers: self_attention_layers(model);
+    mode "change" or "remove"; retain_object, step_threshold T, layer_threshold L; plain_fraction, seed.
+    """
+    kinds = ("self", "joint")
+
+    def __init__(self, source_mask, target, layers, mode="change", retain_object=False, step_threshold=3,
+                 layer_threshold=8, plain_fraction=0.1, seed=0):
+        if mode not in ("change", "remove"):
+            raise ValueError(f"mode must be 'change' or 'remove', got {mode!r}")
+        self.source_mask, self.target, self.layers = source_mask, target, tuple(layers)
+        self.index = {name: i for i, name in enumerate(self.layers)}
+        self.mode, self.retain_object = mode, bool(retain_object)
+        self.step_threshold, self.layer_threshold = int(step_threshold), int(layer_threshold)
+        self.plain_fraction, self.seed = float(plain_fraction), int(seed)
+
+    def wants(self, call):
+        return call.kind in self.kinds and _active(call)
+
+    def plain_at(self, step):
+        return plain_layers(self.layers, self.plain_fraction, self.seed, step)
+
+    def object_retained(self, call):
+        layer = self.index.get(call.layer, -1)
+        return (self.retain_object and call.step is not None and call.step > self.step_threshold
+                and layer > self.layer_threshold)
+
+    def before(self, call):
+        if self.mode == "change" and call.layer in self.plain_at(call.step):
+            return
+        pairs = _pairs(call, "source", cond_only=False)
+        if not pairs:
+            return
+        ms = to_grid(self.source_mask, call.grid).to(call.q.device)
+        mt = to_grid(self.target.pixels(call), call.grid).to(call.q.device)
+        retained = self.object_retained(call)
+        plan = _plan(call)
+        for r, s, pos in pairs:
+            obj = pick(ms, pos) >= 0.5
+            bg = ~obj
+            ks, vs = call.k[s:s + 1, :, call.img], call.v[s:s + 1, :, call.img]
+            bg_keep = bg if bool(bg.any()) else None
+            background = (ks, vs, bg_keep)
+            if self.mode == "remove":
+                plan.image[r] = [(torch.ones_like(obj, dtype=call.q.dtype),) + background]
+                continue
+            m = pick(mt, pos).to(call.q.dtype)
+            if retained:
+                foreground = (ks, vs, obj if bool(obj.any()) else None)
+            else:
+                foreground = (call.k[r:r + 1, :, call.img], call.v[r:r + 1, :, call.img], None)
+            plan.image[r] = [(m,) + foreground, (1 - m,) + background]
+
+
+class LocalizedCrossAttention(_CPAMController):
+    """CPAM localized extraction: target image queries inside M_t attend to the target prompt, outside to the
+    empty prompt (the aux rows' text K/V). target: a TargetMask."""
+    kinds = ("cross", "joint")
+
+    def __init__(self, target):
+        self.target = target
+
+    def wants(self, call):
+        return call.kind in self.kinds and _active(call)
+
+    def before(self, call):
+        if not call.rows("target", True):
+            return
+        pairs = _pairs(call, "aux", cond_only=True)
+        if not pairs:
+            raise ValueError("CPAM Localized Cross-Attention needs the empty prompt: connect an empty-prompt "
+                             "CONDITIONING to the Edit Sampler's aux_positive (its K/V serve the queries outside "
+                             "the target mask)")
+        mt = to_grid(self.target.pixels(call), call.grid).to(call.q.device)
+        plan = _plan(call)
+        for r, a, pos in pairs:
+            m = pick(mt, pos).to(call.q.dtype)
+            own = (call.k[r:r + 1, :, call.txt], call.v[r:r + 1, :, call.txt], None)
+            empty = (call.k[a:a + 1, :, call.txt], call.v[a:a + 1, :, call.txt], None)
+            plan.text[r] = [(m,) + own, (1 - m,) + empty]

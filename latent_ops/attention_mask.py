@@ -1,0 +1,192 @@
+"""Edit mask from attention (ProEdit): where the image attends to the edit word of the source prompt.
+
+word -> token positions (the MODEL's conditioning tokens, found with the CLIP object's tokenizer); one model
+evaluation at the clean source latent (sigma 0, the first inversion step) with the source prompt; the
+head-averaged attention of image queries to the word's tokens: MMDiT (Flux) in the last double block (joint
+softmax over all keys), U-Net the cross-attention maps of every layer averaged at the finest grid; threshold at
+the mean per image; dilate by one token (3x3); resize to the requested size.
+"""
+import re
+
+import torch
+import torch.nn.functional as F
+
+from ..attention.controller import RUN_KEY, Controller
+from ..attention.hooks import model_family, with_controller
+from ..attention.run_state import RunState
+from .guided_loop import run_guided
+
+MAPS_KEY = "edit_word_maps"
+
+
+# ----- word -> token positions ---------------------------------------------------------------------------------
+
+def prompt_words(prompt):
+    """The prompt's words, lower-case, punctuation stripped."""
+    return [w for w in (re.sub(r"[^\w'-]", "", p).lower() for p in prompt.split()) if w]
+
+
+def _flat_tokens(tokenized, key):
+    """[(token, word id)] over all chunks of one tokenizer's output (position = index in this list)."""
+    return [(t[0], t[2] if len(t) > 2 else 1) for chunk in tokenized[key] for t in chunk]
+
+
+def tokenizer_key(tokenized, family):
+    """Which tokenizer's tokens make up the MODEL's text sequence: T5 for Flux, CLIP-L (or the only one) else."""
+    keys = list(tokenized)
+    for key in (("t5xxl", "l") if family == "dit" else ("l", "g")):
+        if key in tokenized:
+            return key
+    if len(keys) == 1:
+        return keys[0]
+    raise ValueError(f"clip: cannot tell which of the tokenizers {keys} drives this model's text tokens")
+
+
+def _same(a, b):
+    return a == b if not (torch.is_tensor(a) or torch.is_tensor(b)) else False
+
+
+def _find(seq, sub):
+    return [i for i in range(len(seq) - len(sub) + 1) if all(_same(seq[i + j], sub[j]) for j in range(len(sub)))]
+
+
+def word_token_positions(clip, prompt, word, family="unet"):
+    """Positions of `word` (one or more words) in the tokenized `prompt`, as a sorted list; clear errors."""
+    words = prompt_words(prompt)
+    wanted = prompt_words(word)
+    if not wanted:
+        raise ValueError(f"word: empty; name the edited object, one of the prompt's words: {words}")
+    missing = [w for w in wanted if w not in words]
+    if missing:
+        raise ValueError(f"word: {missing} not in the source prompt; its words are {words}")
+    tokenized = clip.tokenize(prompt, return_word_ids=True)
+    key = tokenizer_key(tokenized, family)
+    flat = _flat_tokens(tokenized, key)
+    ids = [t if wid != 0 else None for t, wid in flat]  # special tokens never match
+    spellings = {w.lower(): w for w in re.findall(r"[\w'-]+", prompt)}
+    positions = set()
+    for w in wanted:
+        found = []
+        for spelling in dict.fromkeys([spellings.get(w, w), w]):
+            sub = [t for t, wid in _flat_tokens(clip.tokenize(spelling, return_word_ids=True), key) if wid != 0]
+            for start in _find(ids, sub) if sub else []:
+                found += range(start, start + len(sub))
+            if found:
+                break
+        if not found:
+            raise ValueError(f"word: the tokens of '{w}' were not found in the tokenized source prompt "
+                             f"(tokenizer '{key}'); try another of its words: {words}")
+        positions.update(found)
+    return sorted(positions)
+
+
+# ----- attention maps -------------------------------------------------------------------------------------------
+
+def word_attention(q_img, k, cols, scale, bias=None):
+    """Head-averaged attention mass of image queries on the key columns `cols`: q_img [B, H, n, D], k [B, H, L, D]
+    -> [B, n]. The softmax runs over all L keys (computed one head at a time to bound memory)."""
+    cols = torch.as_tensor(cols, device=k.device)
+    total = torch.zeros(q_img.shape[0], q_img.shape[2], device=q_img.device)
+    for h in range(q_img.shape[1]):
+        logits = (q_img[:, h].float() @ k[:, h].float().transpose(-1, -2)) * scale
+        if bias is not None:
+            b = bias[:, h if bias.shape[1] > 1 else 0] if bias.ndim == 4 else bias
+            logits = logits + b.float()
+        total += logits.softmax(-1)[..., cols].sum(-1)
+    return total / q_img.shape[1]
+
+
+def mask_from_map(word_map, dilate=1):
+    """[B, h, w] attention map -> binary mask: above the per-image mean, dilated by `dilate` tokens."""
+    mean = word_map.flatten(1).mean(-1).view(-1, 1, 1)
+    mask = (word_map > mean).float()
+    if dilate > 0:
+        mask = F.max_pool2d(mask[:, None], 2 * dilate + 1, stride=1, padding=dilate)[:, 0]
+    return mask
+
+
+class WordAttention(Controller):
+    """Records the image->word attention of the source's conditional rows: joint attention in `layers` (MMDiT) or
+    every cross-attention layer (U-Net), summed at the finest grid seen, in run.store[MAPS_KEY] = [sum, count]."""
+    kinds = ("cross", "joint")
+
+    def __init__(self, positions, layers=None):
+        self.positions = tuple(positions)
+        self.layers = None if layers is None else frozenset(layers)
+
+    def wants(self, call):
+        return (call.kind in self.kinds and call.run is not None and call.run.phase == "capture"
+                and (self.layers is None or call.layer in self.layers))
+
+    def after(self, call, out):
+        rows = call.rows(None, True)
+        if call.txt.stop - call.txt.start <= max(self.positions):
+            raise ValueError(f"word: token position {max(self.positions)} lies beyond the model's "
+                             f"{call.txt.stop - call.txt.start} text tokens; the CLIP does not match this conditioning")
+        cols = [call.txt.start + p for p in self.positions]
+        q = call.q[rows][:, :, call.img]
+        if call.kind == "joint":
+            bias = None if call.mask is None else call.mask[rows][..., call.img, :]
+            m = word_attention(q, call.k[rows], cols, call.scale, bias)
+        else:
+            m = word_attention(q, call.k[rows][:, :, call.txt], list(self.positions), call.scale)
+        m = call.image_map(m)
+        entry = call.run.store.get(MAPS_KEY)
+        if entry is not None and tuple(entry[0].shape[-2:]) != tuple(m.shape[-2:]):  # U-Net: finest grid wins
+            if entry[0].shape[-1] > m.shape[-1]:
+                m = F.interpolate(m[:, None], size=tuple(entry[0].shape[-2:]), mode="bilinear",
+                                  align_corners=False)[:, 0]
+            else:
+                entry[0] = F.interpolate(entry[0][:, None], size=tuple(m.shape[-2:]), mode="bilinear",
+                                         align_corners=False)[:, 0]
+        if entry is None:
+            call.run.store[MAPS_KEY] = [m.clone(), 1]
+        else:
+            entry[0] += m
+            entry[1] += 1
+        return out
+
+
+def last_double_block(model):
+    return f"double.{len(model.model.diffusion_model.double_blocks) - 1}"
+
+
+def word_attention_map(model, latent, positive, positions, seed=0):
+    """Attention map [B, h, w] of the clean source latent (user space) to the word's tokens, one model call."""
+    family = model_family(model)
+    layers = [last_double_block(model)] if family == "dit" else None
+    patched = with_controller(model, WordAttention(positions, layers))
+    run = RunState(branches=("source",), per_branch=latent.shape[0], phase="capture", total_steps=1,
+                   latent_hw=tuple(latent.shape[-2:]))
+    run.step = 0
+    patched.model_options["transformer_options"][RUN_KEY] = run
+
+    def loop(model_fn, x, sig):
+        model_fn(x, float(sig[0]))
+        return x
+
+    run_guided(patched, positive, None, 1.0, latent, torch.zeros(1), loop, seed)
+    entry = run.store.get(MAPS_KEY)
+    if entry is None:
+        raise ValueError("model: no attention to the prompt was seen; is this a text-conditioned model?")
+    return entry[0] / entry[1]
+
+
+def resize_mask(mask, size):
+    """[B, h, w] binary mask -> [B, H, W] (nearest)."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask[:, None], size=tuple(size), mode="nearest")[:, 0]
+
+
+def overlay(mask, image=None, color=(1.0, 0.0, 0.0), alpha=0.5):
+    """IMAGE [B, H, W, 3] showing the mask: tinted over `image` when given, else the mask in grey."""
+    if image is None:
+        return mask[..., None].expand(*mask.shape, 3).clone()
+    m = resize_mask(mask, image.shape[1:3])
+    if m.shape[0] != image.shape[0]:
+        m = m[:1].expand(image.shape[0], *m.shape[1:]) if m.shape[0] == 1 else m
+        image = image[:1].expand(m.shape[0], *image.shape[1:]) if image.shape[0] == 1 else image
+    tint = torch.tensor(color, dtype=image.dtype, device=image.device)
+    a = (alpha * m)[..., None].to(image)
+    return image[..., :3] * (1 - a) + tint * a

@@ -1,0 +1,100 @@
+"""CPAM masks: resizing ComfyUI MASKs to an attention layer's token grid, and the target-mask (M_t) strategies.
+
+Strategies for M_t (the region the edited object should occupy):
+  "source": M_t = M_s at every step.
+  "given": a user MASK at every step.
+  "cross_attention": M_s for the first `after_step` steps, then the target branch's own cross-attention maps of the
+  chosen token positions, averaged over the layers and all earlier steps, normalised per image to max 1 and
+  thresholded (the paper's mask refinement). Maps come from an AttentionCapture in the edit phase (run.store).
+"""
+import torch
+import torch.nn.functional as F
+
+from ..attention.capture import AttentionCapture, captured_maps
+
+MODES = ("source", "cross_attention", "given")
+
+
+def as_mask(mask, name):
+    """A ComfyUI MASK ([B, H, W] or [H, W]) as float [B, H, W] in [0, 1]; a clear error names the input."""
+    if not torch.is_tensor(mask) or mask.ndim not in (2, 3):
+        shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+        raise ValueError(f"{name}: expected a MASK of shape [batch, height, width], got {shape}")
+    mask = mask[None] if mask.ndim == 2 else mask
+    return mask.float().clamp(0, 1)
+
+
+def to_grid(mask, grid):
+    """Resize a [B, H, W] mask to the token grid (h, w) -> [B, h*w]: area averaging when shrinking, nearest when
+    growing (soft values at the edges of shrunk masks)."""
+    h, w = int(grid[0]), int(grid[1])
+    m = mask[:, None].float()
+    if m.shape[-2] >= h and m.shape[-1] >= w:
+        m = F.interpolate(m, size=(h, w), mode="area")
+    else:
+        m = F.interpolate(m, size=(h, w), mode="nearest")
+    return m.reshape(m.shape[0], h * w)
+
+
+def pick(mask_tokens, index):
+    """Row `index` of a [B, n] per-image mask (a batch-1 mask applies to every image)."""
+    return mask_tokens[index if mask_tokens.shape[0] > 1 else 0]
+
+
+class TargetMask:
+    """The target mask M_t as a function of the edit step.
+
+    source: M_s [B, H, W]. given: user MASK (mode "given"). tokens: token positions whose maps form the mask
+    (mode "cross_attention"); after_step: steps that use M_s first (T_m); threshold: on the max-normalised map.
+    """
+
+    def __init__(self, mode, source, given=None, tokens=(), after_step=0, threshold=0.3, key="cpam_target_maps"):
+        if mode not in MODES:
+            raise ValueError(f"target_mask_mode must be one of {MODES}, got {mode!r}")
+        if mode == "given" and given is None:
+            raise ValueError("target_mask: target_mask_mode is 'given', so connect a MASK to target_mask "
+                             "(or choose 'source' / 'cross_attention')")
+        if mode == "cross_attention" and not tokens:
+            raise ValueError("mask_tokens: target_mask_mode is 'cross_attention', so name the token positions of "
+                             "the edited words (e.g. '2' or '2, 3')")
+        self.mode, self.source = mode, as_mask(source, "source_mask")
+        self.given = as_mask(given, "target_mask") if given is not None else None
+        self.tokens = tuple(sorted(int(t) for t in tokens))
+        self.after_step, self.threshold, self.key = int(after_step), float(threshold), key
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def controllers(self):
+        """Controllers that must run before the CPAM controller (the capture of the target's maps)."""
+        if self.mode != "cross_attention":
+            return ()
+        return (AttentionCapture(self.key, phases=("edit",)),)
+
+    def pixels(self, call):
+        """M_t for this call's step, [B, H, W] (B = 1 or images per branch)."""
+        if self.mode == "source":
+            return self.source
+        if self.mode == "given":
+            return self.given
+        run = call.run
+        run.store.setdefault(self.key + "_rows", call.rows("target", True))
+        if call.step is None or call.step < self.after_step:
+            return self.source
+        cached = run.store.get((self.key, "mask", call.step))
+        if cached is None:
+            cached = self.from_maps(run, call.step)
+            run.store[(self.key, "mask", call.step)] = cached
+        return cached
+
+    def from_maps(self, run, step):
+        maps = captured_maps(run, self.key, steps=set(range(step)))
+        rows = run.store.get(self.key + "_rows") or []
+        if maps is None or not rows:
+            return self.source
+        bad = [t for t in self.tokens if t >= maps.shape[1]]
+        if bad:
+            raise ValueError(f"mask_tokens: positions {bad} exceed the prompt's {maps.shape[1]} tokens")
+        region = maps[rows][:, list(self.tokens)].sum(1)  # [n_target, H, W]
+        region = region / region.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
+        return (region >= self.threshold).float()

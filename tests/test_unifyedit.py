@@ -1,0 +1,260 @@
+"""UnifyEdit (SAPreserveOptimizer): losses on planted maps, gradient modes, identities, memory, graphs."""
+import gc
+import math
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def ue(pack):
+    class Mods:
+        ops = pack("latent_ops.unifyedit")
+        record = pack("attention.attention_record")
+        hooks = pack("attention.hooks")
+        latent_hooks = pack("latent_ops.latent_hooks")
+        inversion = pack("latent_ops.inversion")
+        edit = pack("latent_ops.edit")
+        node = pack("nodes.unifyedit")
+    return Mods
+
+
+def source_latent(seed=0):
+    return torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- losses on planted maps
+
+def test_sap_loss_matches_hand_computation(ue):
+    a_src = torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0],
+                           [0.25, 0.25, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0]]])
+    a_tgt = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0],
+                           [0.25, 0.25, 0.5, 0.0], [0.0, 0.0, 0.5, 0.5]]])
+    sa = {"l": (a_src, a_tgt, (2, 2))}
+    # squared differences: row0 0.25+0.25, row2 0.0625+0.0625, row3 0.25+0.25
+    assert ue.ops.sap_loss(sa).item() == pytest.approx(0.5 + 0.125 + 0.5)
+    # region variant: mask keeps tokens 0 and 3 (grid positions (0,0), (1,1)); W = m m^T keeps pairs among {0, 3}
+    mask = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    assert ue.ops.sap_loss(sa, mask).item() == pytest.approx(0.25 + 0.25)  # (0,0) and (3,3)
+    # two layers: mean over layers
+    sa2 = {"l": sa["l"], "m": (a_src, a_src.clone(), (2, 2))}
+    assert ue.ops.sap_loss(sa2).item() == pytest.approx((0.5 + 0.125 + 0.5) / 2)
+
+
+def test_caa_loss_matches_hand_computation(ue):
+    maps = torch.tensor([[[0.6, 0.1], [0.2, 0.1], [0.1, 0.3], [0.1, 0.3]]])  # [n=1, L=4, T=2]
+    mask = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])  # tokens 0, 1 inside
+    # token 0: inside mean 0.4, outside 0.1 -> R 4; token 1: inside 0.1, outside 0.3 -> R 1/3
+    r = ue.ops.alignment_ratio(maps, ue.ops.mask_on_grid(mask, (2, 2)))
+    torch.testing.assert_close(r, torch.tensor([[4.0, 1 / 3]]))
+    expected = (1 / (1 + 4) + 1 / (1 + 1 / 3)) / 2
+    assert ue.ops.caa_loss({"l": (maps, (2, 2))}, mask).item() == pytest.approx(expected)
+    # a mask at a finer resolution is area-averaged onto the grid
+    fine = mask.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    assert ue.ops.caa_loss({"l": (maps, (2, 2))}, fine).item() == pytest.approx(expected)
+    # raising the ratio lowers the loss
+    sharper = maps.clone()
+    sharper[0, 0, 1] = 0.9
+    assert ue.ops.caa_loss({"l": (sharper, (2, 2))}, mask).item() < expected
+
+
+def test_mask_from_attention_thresholds_at_the_mean(ue):
+    maps = torch.tensor([[[0.9], [0.1], [0.8], [0.0]]])
+    mask = ue.ops.mask_from_attention({"l": (maps, (2, 2))}, (2, 2))
+    torch.testing.assert_close(mask, torch.tensor([[[1.0, 0.0], [1.0, 0.0]]]))
+
+
+# ---------------------------------------------------------------- gradient modes and scheduler
+
+def test_scheduler_formula_and_trends(ue):
+    b1, b2, k1, k2 = 0.7, 1.3, 3.0, 2.0
+    for p in (0.0, 0.25, 0.5, 1.0):
+        w_sa, w_ca = ue.ops.schedule_weights(p, b1, b2, k1, k2)
+        assert w_sa == pytest.approx(b1 * (1 - math.exp(-k1 * p)) / (1 - math.exp(-k1)))
+        assert w_ca == pytest.approx(b2 * math.exp(-k2 * p))
+    ws = [ue.ops.schedule_weights(p / 10, b1, b2, k1, k2) for p in range(11)]
+    assert ws[0][0] == 0 and ws[-1][0] == pytest.approx(b1) and ws[0][1] == pytest.approx(b2)
+    assert all(a[0] < b[0] and a[1] > b[1] for a, b in zip(ws, ws[1:]))
+    assert ue.ops.schedule_weights(0.5, 1.0, 1.0, 0.0, 0.0) == (0.5, 1.0)  # k -> 0 limits
+    config = ue.ops.UnifyEditConfig(mode="balanced", beta1=b1, beta2=b2, k1=k1, k2=k2, active_steps=5)
+    assert config.weights(2) == pytest.approx(ue.ops.schedule_weights(0.5, b1, b2, k1, k2))
+    assert ue.ops.UnifyEditConfig(mode="naive", beta1=b1, beta2=b2).weights(3) == (b1, b2)
+
+
+def test_gradient_modes_combine_as_specified(ue):
+    g = torch.Generator().manual_seed(0)
+    g_sa, g_ca = torch.randn(2, 4, 3, 3, generator=g) * 10, torch.randn(2, 4, 3, 3, generator=g) * 0.01
+    naive = ue.ops.combine(g_sa, g_ca, "naive", 0.5, 2.0)
+    torch.testing.assert_close(naive, 0.5 * g_sa + 2.0 * g_ca)
+    norm = ue.ops.combine(g_sa, g_ca, "normalized", 1.0, 0.0)
+    torch.testing.assert_close(norm.flatten(1).norm(dim=1), torch.ones(2))  # unit-norm per image
+    for mode in ("normalized", "balanced"):
+        both = ue.ops.combine(g_sa, g_ca, mode, 0.5, 2.0)
+        n_sa = g_sa.flatten(1).norm(dim=1).view(2, 1, 1, 1)
+        n_ca = g_ca.flatten(1).norm(dim=1).view(2, 1, 1, 1)
+        torch.testing.assert_close(both, 0.5 * g_sa / n_sa + 2.0 * g_ca / n_ca)
+    # a missing gradient counts as zero; zero stays zero
+    torch.testing.assert_close(ue.ops.combine(None, g_ca, "balanced", 1.0, 1.0), ue.ops.unit(g_ca))
+    assert ue.ops.unit(torch.zeros(1, 2)).abs().sum() == 0
+    with pytest.raises(ValueError, match="gradient_mode"):
+        ue.ops.combine(g_sa, g_ca, "other", 1, 1)
+
+
+# ---------------------------------------------------------------- the optimiser in the edit sampler
+
+def optimised(ue, model, tokens=(1,), mask=None, on_update=None, **config):
+    record = ue.record.AttentionRecord(tokens, sa_scales=(2,), ca_scales=(2,))
+    config.setdefault("active_steps", 2)
+    config.setdefault("iterations", 1)
+    hook = ue.ops.UnifyEditHook(ue.ops.UnifyEditConfig(**config), mask, on_update)
+    return ue.latent_hooks.with_latent_hook(ue.hooks.with_controller(ue.ops.grad_ready(model), record), hook)
+
+
+def edit_pair(ue, fixtures, model, inv, **kw):
+    branches = [ue.edit.Branch("source", fixtures.tiny_conditioning("a black bird"), 1.0),
+                ue.edit.Branch("target", fixtures.tiny_conditioning("a white bird"), 1.0)]
+    return ue.edit.edit(model, inv, branches, **kw)
+
+
+@pytest.fixture(scope="module")
+def sd15(ue, fixtures):
+    model = fixtures.tiny_model("sd15")
+    inv = ue.inversion.invert(model, source_latent(), fixtures.tiny_conditioning("a black bird"), steps=3)
+    out, _ = edit_pair(ue, fixtures, model, inv)
+    return model, inv, out
+
+
+def test_zero_iterations_equals_plain_editing(ue, fixtures, sd15):
+    model, inv, plain = sd15
+    for patched in (optimised(ue, model, iterations=0),
+                    optimised(ue, model, active_steps=0),
+                    ue.node.SAPreserveOptimizer().patch(model, "#1", "balanced", 1, 1, 3, 3, 0, 2.5, 10, "1/2",
+                                                       "1/2", "float32")[0]):
+        out, _ = edit_pair(ue, fixtures, patched, inv)
+        assert torch.equal(out["target"], plain["target"]) and torch.equal(out["source"], plain["source"])
+
+
+@pytest.mark.parametrize("mode", ["naive", "normalized", "balanced"])
+def test_update_follows_the_mode_and_only_the_target_changes(ue, fixtures, sd15, mode):
+    model, inv, plain = sd15
+    log = []
+    patched = optimised(ue, model, mode=mode, iterations=2, active_steps=2, beta1=0.8, beta2=1.2, step_size=3.0,
+                        on_update=log.append)
+    out, run = edit_pair(ue, fixtures, patched, inv)
+    assert [(e["step"], e["iteration"]) for e in log] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for e in log:
+        assert e["g_sa"] is not None and e["g_ca"] is not None
+        assert e["l_sa"] >= 0 and 0 < e["l_ca"] <= 1
+        expected_w = ue.ops.schedule_weights(e["step"] / 1, 0.8, 1.2, 3.0, 3.0) if mode == "balanced" else (0.8, 1.2)
+        assert (e["w_sa"], e["w_ca"]) == pytest.approx(expected_w)
+        direction = ue.ops.combine(e["g_sa"], e["g_ca"], mode, *expected_w)
+        torch.testing.assert_close(e["new"], e["z"] - 3.0 * e["sigma"] * direction)
+    assert log[0]["l_sa"] == pytest.approx(0.0, abs=1e-10)  # target starts at the source latent: same maps
+    assert log[1]["l_sa"] > 0  # ... and the first update moved it away
+    if mode == "balanced":
+        assert log[0]["w_sa"] == 0 and log[-1]["w_sa"] == pytest.approx(0.8)
+    torch.testing.assert_close(out["source"], plain["source"], rtol=0, atol=0)  # replayed source untouched
+    assert not torch.equal(out["target"], plain["target"])
+    assert run.store.get(ue.record.RECORD_KEY) is None
+
+
+def test_normalized_update_has_the_stated_norm(ue, fixtures, sd15):
+    model, inv, _ = sd15
+    log = []
+    edit_pair(ue, fixtures, optimised(ue, model, mode="normalized", beta1=1.0, beta2=0.0, step_size=0.5,
+                                      on_update=log.append), inv)
+    for e in log:
+        step = (e["z"] - e["new"]).flatten(1).norm(dim=1)
+        torch.testing.assert_close(step, torch.full_like(step, 0.5 * e["sigma"]))
+
+
+def test_memory_is_released_after_each_step(ue, fixtures, sd15):
+    model, inv, _ = sd15
+    seen = []
+
+    class Probe(ue.latent_hooks.LatentHook):
+        def adjust_latent(self, run, x, sigma, model_fn):
+            seen.append((dict(run.store).keys() - {"source_trajectory"}, x.requires_grad, torch.is_grad_enabled()))
+            return x
+    patched = ue.latent_hooks.with_latent_hook(optimised(ue, model, iterations=2, active_steps=3), Probe())
+    out, run = edit_pair(ue, fixtures, patched, inv)
+    assert seen and all(keys == set() and not rg and not ge for keys, rg, ge in seen)
+    assert not out["target"].requires_grad
+    gc.collect()
+    leaked = [o for o in gc.get_objects() if torch.is_tensor(o) and (o.requires_grad or o.grad_fn is not None)
+              and not isinstance(o, torch.nn.Parameter)]
+    assert leaked == []
+    run.release()
+    assert run.store == {}
+
+
+def test_user_mask_and_regional_sap(ue, fixtures, sd15):
+    model, inv, _ = sd15
+    mask = torch.zeros(1, 16, 16)
+    mask[:, 4:12, 4:12] = 1
+    log = []
+    edit_pair(ue, fixtures, optimised(ue, model, mask=mask, sap_region="mask", iterations=2,
+                                      on_update=log.append), inv)
+    assert log and all(e["g_ca"] is not None for e in log)
+
+
+# ---------------------------------------------------------------- node inputs and graphs
+
+class FakeClip:
+    """Tokenizes like SD's CLIP: start token, one id per word piece, end token, padding."""
+    vocab = {"a": 10, "white": 11, "bird": 12, "sea": 13, "gull": 14}
+
+    def tokenize(self, text):
+        ids = [1]
+        for w in text.lower().split():
+            ids += [self.vocab[w]] if w in self.vocab else [13, 14] if w == "seagull" else [99]
+        ids += [2] + [0] * (8 - len(ids) - 1)
+        return {"l": [[(i, 1.0) for i in ids]]}
+
+
+def test_edit_tokens_from_words_and_clear_errors(ue):
+    parse = ue.node.parse_edit_tokens
+    assert parse("white", FakeClip(), "a white bird") == [2]
+    assert parse("white, bird", FakeClip(), "a white bird") == [2, 3]
+    assert parse("seagull", FakeClip(), "a seagull") == [2, 3]  # a word of two tokens
+    assert parse("#3, #1") == [1, 3]
+    with pytest.raises(ValueError, match="'red' is not in the target prompt"):
+        parse("red", FakeClip(), "a white bird")
+    with pytest.raises(ValueError, match="connect the CLIP"):
+        parse("white")
+    with pytest.raises(ValueError, match="edit_tokens"):
+        parse("  ")
+
+
+def test_node_rejects_empty_mask_and_layers_that_match_nothing(ue, fixtures, sd15):
+    model, inv, _ = sd15
+    node = ue.node.SAPreserveOptimizer()
+    args = (model, "#1", "balanced", 1, 1, 3, 3, 1, 2.5, 2, "1/8", "1/8", "float32")
+    with pytest.raises(ValueError, match="mask"):
+        node.patch(*args, mask=torch.zeros(1, 16, 16))
+    with pytest.raises(ValueError, match="no attention layer matched"):
+        edit_pair(ue, fixtures, node.patch(*args)[0], inv)
+
+
+def graph(kind):
+    prompt = {
+        "m": {"class_type": "TinyTestModel", "inputs": {"kind": kind, "seed": 0}},
+        "src": {"class_type": "TinyTestConditioning", "inputs": {"text": "a black bird"}},
+        "tgt": {"class_type": "TinyTestConditioning", "inputs": {"text": "a white bird"}},
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "inv": {"class_type": "AttentionEditInvert", "inputs": {"model": ["m", 0], "latent": ["lat", 0],
+                "positive": ["src", 0], "steps": 2, "scheduler": "simple", "solver": "auto", "cfg": 1.0}},
+        "opt": {"class_type": "AttentionEditSAPreserveOptimizer", "inputs": {
+            "model": ["m", 0], "edit_tokens": "#1", "gradient_mode": "balanced", "beta1": 1.0, "beta2": 1.0,
+            "k1": 3.0, "k2": 3.0, "iterations": 1, "step_size": 2.5, "active_steps": 2,
+            "sa_layers": "1/2", "ca_layers": "1/2", "attention_precision": "float32"}},
+        "ed": {"class_type": "AttentionEditSampler", "inputs": {"model": ["opt", 0], "inversion": ["inv", 0],
+               "target_positive": ["tgt", 0], "target_cfg": 1.0, "source_mode": "replay", "source_cfg": 1.0,
+               "start_step": 0}},
+    }
+    return prompt
+
+
+def test_graph_invert_optimize_edit_runs_through_the_executor(run):
+    out = run(graph("sd15"))
+    assert out["ed"][0][0]["samples"].shape == (1, 4, 16, 16)

@@ -1,0 +1,125 @@
+"""Builds the example workflows: API format (workflows/api) and UI format (workflows/ui) from one definition.
+
+    .venv/bin/python workflows/build.py          # (re)write every workflow file and the input images
+The tests rebuild them in memory and fail when a file on disk is stale.
+"""
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from graph import Graph  # noqa: E402
+
+# Edit cases of the embedded shapes domain: input image spec, source prompt, target prompt.
+CASES = {
+    "red_circle": ({"background": "blue", "objects": [{"shape": "circle", "color": "red", "cx": 0.5, "cy": 0.5,
+                                                        "r": 0.25}]},
+                   "a red circle on a blue background", "a yellow circle on a blue background"),
+}
+
+
+def embedded_loaders(g, denoiser, case):
+    spec, source, target = CASES[case]
+    m = g.add("LoadEmbeddedEditModel", denoiser=denoiser)
+    image = g.add("LoadImage", image=f"attention_edit_{case}.png")
+    latent = g.add("VAEEncode", pixels=image[0], vae=m[2])
+    src = g.add("CLIPTextEncode", title="source prompt", text=source, clip=m[1])
+    tgt = g.add("CLIPTextEncode", title="target prompt", text=target, clip=m[1])
+    neg = g.add("CLIPTextEncode", title="negative / empty prompt", text="", clip=m[1])
+    return m[0], m[1], m[2], latent[0], src[0], tgt[0], neg[0]
+
+
+def real_loaders(g, family):
+    if family == "flux":
+        model = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="default")[0]
+        clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors",
+                     type="flux")[0]
+        vae = g.add("VAELoader", vae_name="ae.safetensors")[0]
+    else:
+        ckpt = g.add("CheckpointLoaderSimple", ckpt_name={"sd15": "v1-5-pruned-emaonly.safetensors",
+                                                          "sdxl": "sd_xl_base_1.0.safetensors"}[family])
+        model, clip, vae = ckpt[0], ckpt[1], ckpt[2]
+    image = g.add("LoadImage", image="example.png")
+    latent = g.add("VAEEncode", pixels=image[0], vae=vae)
+    src = g.add("CLIPTextEncode", title="source prompt", text="a photo of a cat sitting on a sofa", clip=clip)
+    tgt = g.add("CLIPTextEncode", title="target prompt", text="a photo of a dog sitting on a sofa", clip=clip)
+    neg = g.add("CLIPTextEncode", title="negative / empty prompt", text="", clip=clip)
+    return model, clip, vae, latent[0], src[0], tgt[0], neg[0]
+
+
+def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, flow, aux=None, cache_kv=False,
+                       capture_steps="", inversion_node=None):
+    inv = inversion_node or g.add("AttentionEditInvert", model=model, latent=latent, positive=src, steps=steps,
+                                  scheduler="simple", solver="auto", cfg=1.0, capture_steps=capture_steps,
+                                  cache_kv=cache_kv, cache_dtype="float16", cache_device="cpu")
+    extra = {"aux_positive": aux, "aux_cfg": 1.0} if aux is not None else {}
+    edit = g.add("AttentionEditSampler", model=model, inversion=inv[0], target_positive=tgt, target_cfg=cfg,
+                 source_mode="replay", source_cfg=1.0, start_step=0, negative=neg, **extra)
+    image = g.add("VAEDecode", samples=edit[0], vae=vae)
+    g.add("SaveImage", images=image[0], filename_prefix=f"attention_edit/{name}")
+    return inv, edit
+
+
+def base_edit(backbone):
+    """Plain inversion + regeneration with the target prompt (the baseline every technique improves on)."""
+    g = Graph()
+    if backbone.startswith("embedded"):
+        denoiser = backbone.split("_")[1]
+        model, _, vae, latent, src, tgt, neg = embedded_loaders(g, denoiser, "red_circle")
+        steps, cfg = 20, 3.0
+    else:
+        model, _, vae, latent, src, tgt, neg = real_loaders(g, backbone)
+        steps, cfg = (15, 1.0) if backbone == "flux" else (50, 7.5)
+    invert_edit_decode(g, model, vae, latent, src, tgt, neg, f"invert_edit_{backbone}", steps, cfg,
+                       backbone.endswith("flux"))
+    return g
+
+
+WORKFLOWS = {
+    "invert_edit_embedded_unet": lambda: base_edit("embedded_unet"),
+    "invert_edit_embedded_flux": lambda: base_edit("embedded_flux"),
+    "invert_edit_sd15": lambda: base_edit("sd15"),
+    "invert_edit_sdxl": lambda: base_edit("sdxl"),
+    "invert_edit_flux_dev": lambda: base_edit("flux"),
+}
+
+
+def embedded(name):
+    return "embedded" in name
+
+
+def build_all():
+    """{name: (api prompt, ui workflow)}; needs ComfyUI booted with the pack loaded."""
+    from harness.workflow_format import api_to_ui
+    out = {}
+    for name, make in WORKFLOWS.items():
+        g = make()
+        out[name] = (g.prompt, api_to_ui(g.prompt, g.titles))
+    return out
+
+
+def write_input_images():
+    """The embedded cases' source images, rendered exactly by the procedural domain."""
+    import numpy as np
+    from PIL import Image
+    from embedded.dataset import render_scene
+    for case, (spec, _, _) in CASES.items():
+        image, _ = render_scene(spec, 64)
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(HERE / "inputs" / f"attention_edit_{case}.png")
+
+
+def main():
+    from harness import runtime
+    runtime.boot()
+    for name, (api, ui) in build_all().items():
+        (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
+        (HERE / "ui" / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
+    write_input_images()
+    print(f"wrote {len(WORKFLOWS)} workflows")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""A small builder for API-format ComfyUI prompts: `g.add("KSampler", model=m[0], ...)` returns a node handle
+whose items are output links."""
+
+
+class Node:
+    def __init__(self, node_id):
+        self.id = node_id
+
+    def __getitem__(self, slot):
+        return [self.id, slot]
+
+
+class Graph:
+    def __init__(self):
+        self.prompt = {}
+        self.titles = {}
+
+    def add(self, class_type, title=None, **inputs):
+        node_id = str(len(self.prompt) + 1)
+        self.prompt[node_id] = {"class_type": class_type, "inputs": inputs}
+        if title:
+            self.titles[node_id] = title
+        return Node(node_id)
