@@ -193,7 +193,8 @@ class UnifyEditHook(LatentHook):
         new = (z - c.step_size * sigma * direction).detach()
         if self.on_update is not None:
             self.on_update({"step": step, "iteration": it, "sigma": sigma, "w_sa": w_sa, "w_ca": w_ca,
-                            "l_sa": None if l_sa is None else float(l_sa), "l_ca": None if l_ca is None else float(l_ca),
+                            "l_sa": None if l_sa is None else float(l_sa.detach()),
+                            "l_ca": None if l_ca is None else float(l_ca.detach()),
                             "g_sa": g_sa, "g_ca": g_ca, "direction": direction.detach(), "z": z.detach(), "new": new})
         return new
 

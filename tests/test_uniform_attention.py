@@ -185,7 +185,7 @@ def test_gate_maps_t_mask_to_sigma(uam, fixtures):
     b = uam.blend
     ms = fixtures.tiny_model("sd15").get_model_object("model_sampling")
     gate = b.gate_sigma(ms, 200, False)
-    assert float(ms.timestep(torch.tensor(gate * 0.999))) < 200 <= float(ms.timestep(torch.tensor(gate * 1.001))) + 1
+    assert float(ms.sigma(torch.tensor(199.0))) < gate < float(ms.sigma(torch.tensor(200.0)))  # t < 200 <=> sigma < gate
     assert b.gate_sigma(ms, 1000, False) == math.inf and b.gate_sigma(ms, 0, False) == 0.0
     assert b.gate_sigma(None, 200, True) == 0.2
 

@@ -13,18 +13,23 @@ sys.path.insert(0, str(HERE))
 
 from graph import Graph  # noqa: E402
 
-# Edit cases of the embedded shapes domain: input image spec, source prompt, target prompt.
-CASES = {
-    "red_circle": ({"background": "blue", "objects": [{"shape": "circle", "color": "red", "cx": 0.5, "cy": 0.5,
-                                                        "r": 0.25}]},
-                   "a red circle on a blue background", "a yellow circle on a blue background"),
-}
+DEMO_CASE = "colour_red_to_yellow"  # the embedded workflows' edit (embedded/edit_cases.py)
 
 
-def embedded_loaders(g, denoiser, case):
-    spec, source, target = CASES[case]
+def case_by_name(name):
+    from embedded.edit_cases import CASES
+    return next(c for c in CASES if c.name == name)
+
+
+def input_image_name(case_name):
+    return f"attention_edit_case_{case_name}.png"
+
+
+def embedded_loaders(g, denoiser, case_name):
+    case = case_by_name(case_name)
+    source, target = case.source_prompt, case.target_prompt
     m = g.add("LoadEmbeddedEditModel", denoiser=denoiser)
-    image = g.add("LoadImage", image=f"attention_edit_{case}.png")
+    image = g.add("LoadImage", image=input_image_name(case_name))
     latent = g.add("VAEEncode", pixels=image[0], vae=m[2])
     src = g.add("CLIPTextEncode", title="source prompt", text=source, clip=m[1])
     tgt = g.add("CLIPTextEncode", title="target prompt", text=target, clip=m[1])
@@ -68,7 +73,7 @@ def base_edit(backbone):
     g = Graph()
     if backbone.startswith("embedded"):
         denoiser = backbone.split("_")[1]
-        model, _, vae, latent, src, tgt, neg = embedded_loaders(g, denoiser, "red_circle")
+        model, _, vae, latent, src, tgt, neg = embedded_loaders(g, denoiser, DEMO_CASE)
         steps, cfg = 20, 3.0
     else:
         model, _, vae, latent, src, tgt, neg = real_loaders(g, backbone)
@@ -106,9 +111,10 @@ def write_input_images():
     import numpy as np
     from PIL import Image
     from embedded.dataset import render_scene
-    for case, (spec, _, _) in CASES.items():
-        image, _ = render_scene(spec, 64)
-        Image.fromarray((image * 255).round().astype(np.uint8)).save(HERE / "inputs" / f"attention_edit_{case}.png")
+    for old in (HERE / "inputs").glob("attention_edit_*.png"):
+        old.unlink()
+    image, _ = render_scene(case_by_name(DEMO_CASE).source, 64)
+    Image.fromarray((image * 255).round().astype(np.uint8)).save(HERE / "inputs" / input_image_name(DEMO_CASE))
 
 
 def main():

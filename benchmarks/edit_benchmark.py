@@ -1,0 +1,117 @@
+"""The edit benchmark on the embedded shapes domain: every method on every case, metrics against ground truth.
+
+    .venv/bin/python benchmarks/edit_benchmark.py [--denoisers unet flux] [--methods ...] [--cases N]
+                                                   [--steps 20] [--out output/benchmark.json]
+Prints one table per denoiser (mean over cases) and writes per-case JSON. Methods are graphs of the pack's
+nodes run through ComfyUI's executor (benchmarks/edit_methods.py).
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "workflows"))
+
+METRICS = ("bg_psnr", "bg_ssim", "success", "clip", "iou", "recon_psnr")
+
+
+def case_image_name(case):
+    return f"attention_edit_case_{case.name}.png"
+
+
+def write_case_images(cases):
+    import folder_paths
+    from PIL import Image
+    from embedded import dataset
+    for case in cases:
+        image, _ = dataset.render_scene(case.source, 64)
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(
+            Path(folder_paths.get_input_directory()) / case_image_name(case))
+
+
+def clip_scorer():
+    """Domain-CLIP similarity(image, prompt) if its weights are shipped, else None."""
+    try:
+        from embedded import domain_clip_score
+        return domain_clip_score.scorer()
+    except Exception:  # noqa: BLE001 - the score column is optional
+        return None
+
+
+def score(case, edited, recon, scorer):
+    from embedded import dataset, metrics
+    source, _ = dataset.render_scene(case.source, 64)
+    _, keep = case.masks(64)
+    row = {"bg_psnr": metrics.psnr(edited, source, keep), "bg_ssim": metrics.ssim(edited, source, keep),
+           "success": float(metrics.edit_success(edited, case.target)),
+           "clip": scorer(edited, case.target_prompt) if scorer else float("nan"),
+           "iou": metrics.object_iou(edited, source, case.source["background"])
+           if case.kind in ("colour", "background") else float("nan"),
+           "recon_psnr": metrics.psnr(recon, source) if recon is not None else float("nan")}
+    return row
+
+
+def run(denoisers, method_names, cases, steps, out_path):
+    import torch
+    from harness import runtime
+    import edit_methods
+    from embedded.edit_cases import CASES
+    runtime.boot()
+    chosen = CASES[:cases] if cases else CASES
+    write_case_images(chosen)
+    scorer = clip_scorer()
+    results = {}
+    for denoiser in denoisers:
+        for name in method_names:
+            rows = []
+            start = time.perf_counter()
+            for case in chosen:
+                prompt, edited_node, recon_node = edit_methods.build(name, denoiser, case, case_image_name(case), steps)
+                out = runtime.run_prompt(prompt)
+                to_np = lambda node: out[node][0][0].float().cpu().numpy() if node else None
+                rows.append({"case": case.name, "kind": case.kind,
+                             **score(case, to_np(edited_node), to_np(recon_node), scorer)})
+            results.setdefault(denoiser, {})[name] = {"cases": rows, "seconds": time.perf_counter() - start}
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).write_text(json.dumps(results, indent=1))
+    return results
+
+
+def table(results):
+    lines = []
+    for denoiser, methods in results.items():
+        lines.append(f"\n{denoiser}: mean over {len(next(iter(methods.values()))['cases'])} cases")
+        lines.append(f"{'method':24}" + "".join(f"{m:>11}" for m in METRICS) + f"{'seconds':>9}")
+        for name, res in methods.items():
+            means = [np.nanmean([r[m] for r in res["cases"]]) if any(np.isfinite(r[m]) for r in res["cases"])
+                     else float("nan") for m in METRICS]
+            lines.append(f"{name:24}" + "".join(f"{v:11.3f}" for v in means) + f"{res['seconds']:9.1f}")
+    return "\n".join(lines)
+
+
+def main():
+    import edit_methods
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--denoisers", nargs="+", default=["unet", "flux"])
+    parser.add_argument("--methods", nargs="+", default=list(edit_methods.METHODS))
+    parser.add_argument("--cases", type=int, default=0, help="first N cases only (0: all)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "output" / "benchmark.json"))
+    args = parser.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+    results = run(args.denoisers, args.methods, args.cases, args.steps, args.out)
+    print(table(results))
+    print(f"\nper-case results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The fixed edit benchmark of the shapes domain: each case has a source scene, its ground-truth edited scene,
+source and target prompts, the exact edit mask and the region that must stay unchanged."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dataset
+
+
+@dataclass
+class EditCase:
+    name: str
+    kind: str          # colour, shape, background, removal, addition, two_object
+    source: dict       # scene spec
+    target: dict       # ground-truth edited scene spec
+    word: str          # the source-prompt word naming what changes (for attention masks)
+    target_word: str   # the target-prompt word naming the new content
+
+    @property
+    def source_prompt(self):
+        return dataset.caption(self.source)
+
+    @property
+    def target_prompt(self):
+        return dataset.caption(self.target)
+
+    def masks(self, size=64):
+        """(edit mask, keep mask) as float arrays [size, size]: where the edit happens and what must not change."""
+        _, src_masks = dataset.render_scene(self.source, size)
+        _, tgt_masks = dataset.render_scene(self.target, size)
+        if self.kind == "background":
+            edit = 1.0 - np.clip(src_masks.sum(0), 0, 1)
+            return edit, 1.0 - edit
+        changed = [m for i, m in enumerate(src_masks) if i >= len(self.target["objects"])
+                   or self.source["objects"][i] != self.target["objects"][i]]
+        changed += [m for i, m in enumerate(tgt_masks) if i >= len(self.source["objects"])
+                    or self.source["objects"][i] != self.target["objects"][i]]
+        edit = np.clip(np.sum(changed, axis=0), 0, 1) if changed else np.zeros((size, size), np.float32)
+        return edit, 1.0 - dilate(edit > 0.05, 2).astype(np.float32)
+
+
+def dilate(mask, pixels):
+    from scipy import ndimage
+    return ndimage.binary_dilation(mask, iterations=pixels)
+
+
+def _obj(shape, color, cx=0.5, cy=0.5, r=0.22):
+    return {"shape": shape, "color": color, "cx": cx, "cy": cy, "r": r}
+
+
+def _scene(background, *objects):
+    return {"background": background, "objects": list(objects)}
+
+
+CASES = [
+    EditCase("colour_red_to_yellow", "colour", _scene("blue", _obj("circle", "red")),
+             _scene("blue", _obj("circle", "yellow")), "red", "yellow"),
+    EditCase("colour_green_to_purple", "colour", _scene("white", _obj("square", "green", 0.45, 0.55, 0.2)),
+             _scene("white", _obj("square", "purple", 0.45, 0.55, 0.2)), "green", "purple"),
+    EditCase("shape_circle_to_square", "shape", _scene("black", _obj("circle", "orange")),
+             _scene("black", _obj("square", "orange")), "circle", "square"),
+    EditCase("background_blue_to_green", "background", _scene("blue", _obj("triangle", "white", 0.5, 0.5, 0.25)),
+             _scene("green", _obj("triangle", "white", 0.5, 0.5, 0.25)), "blue", "green"),
+    EditCase("removal_of_square", "removal",
+             _scene("yellow", _obj("circle", "blue", 0.3, 0.5, 0.16), _obj("square", "red", 0.72, 0.5, 0.15)),
+             _scene("yellow", _obj("circle", "blue", 0.3, 0.5, 0.16)), "square", "circle"),
+    EditCase("addition_of_triangle", "addition", _scene("purple", _obj("circle", "white", 0.3, 0.5, 0.16)),
+             _scene("purple", _obj("circle", "white", 0.3, 0.5, 0.16), _obj("triangle", "yellow", 0.72, 0.5, 0.16)),
+             "circle", "triangle"),
+    EditCase("two_objects_one_recoloured", "two_object",
+             _scene("black", _obj("square", "green", 0.3, 0.5, 0.15), _obj("circle", "red", 0.72, 0.5, 0.16)),
+             _scene("black", _obj("square", "green", 0.3, 0.5, 0.15), _obj("circle", "blue", 0.72, 0.5, 0.16)),
+             "red", "blue"),
+]
