@@ -2,12 +2,15 @@
 import comfy.samplers
 import torch
 
+from ..attention.capture import AttentionCapture
 from ..attention.hooks import with_controller
 from ..attention.kv_store import KVStore
 
 from ..latent_ops.inversion import invert
 from ..latent_ops.solvers import SOLVERS
 from .inputs import CATEGORY, INVERSION, parse_steps
+
+ATTENTION_KEY = "attention_maps"
 
 
 class Invert:
@@ -41,6 +44,10 @@ class Invert:
                                   "MODEL's capture patches record attention or K/V from the source trajectory."}),
                 "cache_kv": ("BOOLEAN", {"default": False, "tooltip": "Also cache the source image-token K/V of "
                              "every self/joint attention layer at the capture steps (KV-mix 'inversion cache' mode)."}),
+                "cache_layers": ("STRING", {"default": "", "tooltip": "Comma-separated layer names to cache (e.g. "
+                                 "'double.18, single.0' on Flux, 'output.4.0' on a U-Net); empty: every layer."}),
+                "capture_attention": ("BOOLEAN", {"default": False, "tooltip": "Record head-averaged image->text "
+                                      "attention maps at the capture steps (for attention-derived masks)."}),
                 "cache_dtype": (["float16", "bfloat16", "float32"], {"default": "float16",
                                 "tooltip": "Precision of the K/V cache."}),
                 "cache_device": (["cpu", "model"], {"default": "cpu", "tooltip": "Keep the K/V cache in CPU memory "
@@ -49,14 +56,18 @@ class Invert:
         }
 
     def run(self, model, latent, positive, steps, scheduler, solver, cfg, negative=None, capture_steps="",
-            cache_kv=False, cache_dtype="float16", cache_device="cpu"):
+            cache_kv=False, cache_layers="", capture_attention=False, cache_dtype="float16", cache_device="cpu"):
         if cfg != 1.0 and negative is None:
             raise ValueError("negative: cfg is not 1, so connect a negative CONDITIONING (or set cfg to 1)")
         capture = sorted(parse_steps(capture_steps, steps, "capture_steps"))
+        if (cache_kv or capture_attention) and not capture:
+            raise ValueError("capture_steps: name the steps to cache or capture (e.g. '0-4')")
+        layers = {n.strip() for n in cache_layers.split(",") if n.strip()} or None
         if cache_kv:
-            if not capture:
-                raise ValueError("capture_steps: cache_kv is on, so name the steps to cache (e.g. '0-4')")
-            model = with_controller(model, KVStore(capture, dtype=getattr(torch, cache_dtype), device=cache_device))
+            model = with_controller(model, KVStore(capture, layers, dtype=getattr(torch, cache_dtype),
+                                                   device=cache_device))
+        if capture_attention:
+            model = with_controller(model, AttentionCapture(ATTENTION_KEY, steps=capture, phases=("capture",)))
         inversion = invert(model, latent["samples"], positive, negative, cfg, steps, scheduler, solver, capture)
         noise = {"samples": model.model.process_latent_out(inversion.trajectory[0].clone())}
         return (inversion, noise)

@@ -154,3 +154,34 @@ def test_solver_must_fit_the_model(ops, fixtures):
         ops.inversion.invert(fixtures.tiny_model("sd15"), source_latent(), pos, steps=2, solver="rf_solver")
     with pytest.raises(ValueError, match="solver: ddim is for eps/v"):
         ops.inversion.invert(fixtures.tiny_model("flux"), source_latent(), pos, steps=2, solver="ddim")
+
+
+def test_invert_caches_only_requested_kv_and_maps(run):
+    prompt = {
+        "1": {"class_type": "TinyTestModel", "inputs": {"kind": "flux", "seed": 0}},
+        "2": {"class_type": "TinyTestConditioning", "inputs": {"text": "a red circle"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "6": {"class_type": "AttentionEditInvert", "inputs": {
+            "model": ["1", 0], "latent": ["5", 0], "positive": ["2", 0], "steps": 4, "scheduler": "simple",
+            "solver": "auto", "cfg": 1.0, "capture_steps": "0-1", "cache_kv": True, "cache_layers": "double.1, single.0",
+            "capture_attention": True, "cache_dtype": "bfloat16", "cache_device": "cpu"}},
+    }
+    inversion = run(prompt)["6"][0]
+    cache = inversion.store["kv_cache"]
+    assert set(cache) == {(s, l) for s in (0, 1) for l in ("double.1", "single.0")}
+    k, v = cache[(0, "double.1")]
+    assert k.dtype == torch.bfloat16 and k.device.type == "cpu" and k.shape == (1, 4, 64, 16) == v.shape
+    maps = inversion.store["attention_maps"]
+    assert set(maps) == {0, 1} and maps[0][0].shape == (1, 8, 16, 16)
+
+
+def test_interruption_is_honoured(ops, fixtures):
+    import comfy.model_management
+    import nodes
+    pos = fixtures.tiny_conditioning("a")
+    nodes.interrupt_processing(True)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            ops.inversion.invert(fixtures.tiny_model("sd15"), source_latent(), pos, steps=3)
+    finally:
+        nodes.interrupt_processing(False)
