@@ -220,15 +220,21 @@ class _FreshWeight:
 
 
 def grad_ready(model):
-    """A clone of `model` whose inference-mode weights are copied for autograd during the optimiser's passes
-    (ComfyUI's public add_weight_wrapper patch point; plain passes use the weights as they are)."""
+    """A clone of `model` whose weights made under ComfyUI's inference mode are usable by autograd in the
+    optimiser's passes, via public patch points: comfy.ops layers get a weight wrapper (a normal copy, only while
+    inference mode is off; plain passes use the weights as they are); other parameters (e.g. Flux RMSNorm
+    scales, small) get an object patch with a normal copy."""
     clone = model.clone()
     fresh = _FreshWeight()
-    for name, module in clone.model.named_modules():
-        if not hasattr(module, "weight_function"):
+    modules = dict(clone.model.named_modules())
+    for name, param in clone.model.named_parameters():
+        if not param.is_inference():
             continue
-        for attr in ("weight", "bias"):
-            t = getattr(module, attr, None)
-            if t is not None and t.is_inference():
-                clone.add_weight_wrapper(f"{name}.{attr}", fresh)
+        owner, _, attr = name.rpartition(".")
+        if attr in ("weight", "bias") and hasattr(modules.get(owner), "weight_function"):
+            clone.add_weight_wrapper(name, fresh)
+        else:
+            with torch.inference_mode(False):
+                copy = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
+            clone.add_object_patch(name, copy)
     return clone

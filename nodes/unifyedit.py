@@ -63,8 +63,8 @@ class SAPreserveOptimizer:
         scales = list(SCALES)
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The model you invert and edit with (SD1.x/SD2.x/SDXL U-Net; Flux "
-                                               "with layer names, see docs)."}),
+                "model": ("MODEL", {"tooltip": "The model you invert and edit with: SD1.x / SD2.x / SDXL U-Net "
+                                               "(Flux is refused with a clear error, see docs)."}),
                 "edit_tokens": ("STRING", {"default": "", "tooltip": "Words of the target prompt that carry the "
                                 "edit (e.g. 'white'), comma separated; needs clip + target_prompt. Or token indices "
                                 "'#3, #4' of the conditioning."}),
@@ -102,14 +102,17 @@ class SAPreserveOptimizer:
                 "sap_region": (["full", "mask"], {"default": "full", "tooltip": "full: preserve the whole "
                                "self-attention map; mask: only pairs of positions inside the mask (M M^T)."}),
                 "layer_names": ("STRING", {"default": "", "tooltip": "Optional comma-separated layer names that "
-                                "must also match (e.g. 'output.3.0, middle.0.0'; Flux: 'double.18')."}),
+                                "must also match (e.g. 'output.3.0, middle.0.0')."}),
             },
         }
 
     def patch(self, model, edit_tokens, gradient_mode, beta1, beta2, k1, k2, iterations, step_size, active_steps,
               sa_layers, ca_layers, attention_precision, mask=None, clip=None, target_prompt="", sap_region="full",
               layer_names=""):
-        model_family(model)
+        if model_family(model) == "dit":
+            raise ValueError("model: SAPreserveOptimizer needs gradients through the model, and ComfyUI's Flux blocks "
+                             "update their activations in place (img += ...), which autograd cannot differentiate; "
+                             "use an SD1.x / SD2.x / SDXL U-Net model (for Flux use the KV-mix / ProEdit nodes)")
         tokens = parse_edit_tokens(edit_tokens, clip, target_prompt)
         if mask is not None:
             mask = mask.reshape(-1, *mask.shape[-2:]).float().clone()
