@@ -1,57 +1,54 @@
 """The benchmark's methods as graphs of the pack's nodes on the embedded models.
 
 build(method, denoiser, case, image_name, steps) -> (API prompt, node id of the edited IMAGE, node id of the
-reconstruction IMAGE or None). Baselines: plain inversion + target prompt, and source-prompt reconstruction.
+reconstruction IMAGE or None). Technique methods reuse the MODEL patches of the example workflows
+(workflows/build.py), so the benchmark measures exactly what the workflows ship.
 """
+import build as workflows  # noqa: I001 (workflows/ is on sys.path)
 from graph import Graph
 
 CFG = {"unet": 4.0, "flux": 3.0}
 
 
-def _common(g, denoiser, case, image_name):
+def _graph(denoiser, case, image_name, steps, patch=None, invert_with="source", target_with="target",
+           target_cfg=None, aux=False, source_mode="replay"):
+    g = Graph()
     m = g.add("LoadEmbeddedEditModel", denoiser=denoiser)
     image = g.add("LoadImage", image=image_name)
     latent = g.add("VAEEncode", pixels=image[0], vae=m[2])
-    src = g.add("CLIPTextEncode", text=case.source_prompt, clip=m[1])
-    tgt = g.add("CLIPTextEncode", text=case.target_prompt, clip=m[1])
-    empty = g.add("CLIPTextEncode", text="", clip=m[1])
-    return m, image, latent, src, tgt, empty
-
-
-def _edit(g, m, model, inv, tgt, empty, denoiser, source_mode="replay", aux=None):
-    extra = {"aux_positive": aux[0], "aux_cfg": 1.0} if aux is not None else {}
-    edit = g.add("AttentionEditSampler", model=model, inversion=inv[0], target_positive=tgt[0],
-                 target_cfg=CFG[denoiser], source_mode=source_mode, source_cfg=1.0, start_step=0,
-                 negative=empty[0], **extra)
+    prompts = {"source": case.source_prompt, "target": case.target_prompt, "empty": ""}
+    enc = {k: g.add("CLIPTextEncode", text=v, clip=m[1])[0] for k, v in prompts.items()}
+    ctx = dict(model=m[0], clip=m[1], vae=m[2], latent=latent[0], image=image[0], src=enc["source"],
+               tgt=enc["target"], neg=enc["empty"], backbone=f"embedded_{denoiser}", case=case, steps=steps)
+    model = patch(g, ctx) if patch else m[0]
+    inv = g.add("AttentionEditInvert", model=model, latent=latent[0], positive=enc[invert_with], steps=steps,
+                scheduler="simple", solver="auto", cfg=1.0)
+    extra = {"aux_positive": enc["empty"], "aux_cfg": 1.0} if aux else {}
+    edit = g.add("AttentionEditSampler", model=model, inversion=inv[0], target_positive=enc[target_with],
+                 target_cfg=CFG[denoiser] if target_cfg is None else target_cfg, source_mode=source_mode,
+                 source_cfg=1.0, start_step=0, negative=enc["empty"], source_positive=enc[invert_with], **extra)
     edited = g.add("VAEDecode", samples=edit[0], vae=m[2])
-    source = g.add("VAEDecode", samples=edit[1], vae=m[2])
-    return edited, source
+    recon = g.add("VAEDecode", samples=edit[1], vae=m[2]) if source_mode == "reconstruct" else None
+    return g.prompt, edited.id, recon.id if recon else None
 
 
-def _invert(g, model, latent, cond, steps):
-    return g.add("AttentionEditInvert", model=model, latent=latent[0], positive=cond[0], steps=steps,
-                 scheduler="simple", solver="auto", cfg=1.0)
+def _uniform_everywhere(g, ctx):
+    return g.add("AttentionEditUniformAttnPatch", model=ctx["model"], branches="all", during_inversion=True)[0]
 
 
-def target_prompt(denoiser, case, image_name, steps):
-    """Baseline: invert with the source prompt, regenerate with the target prompt."""
-    g = Graph()
-    m, _, latent, src, tgt, empty = _common(g, denoiser, case, image_name)
-    inv = _invert(g, m[0], latent, src, steps)
-    edited, recon = _edit(g, m, m[0], inv, tgt, empty, denoiser, source_mode="reconstruct")
-    return g.prompt, edited.id, recon.id
-
-
-def reconstruction(denoiser, case, image_name, steps):
-    """Baseline: invert and regenerate with the source prompt (what 'no edit' looks like)."""
-    g = Graph()
-    m, _, latent, src, _, empty = _common(g, denoiser, case, image_name)
-    inv = _invert(g, m[0], latent, src, steps)
-    edited, recon = _edit(g, m, m[0], inv, src, empty, denoiser, source_mode="reconstruct")
-    return g.prompt, edited.id, recon.id
-
-
-METHODS = {"target_prompt": target_prompt, "reconstruction": reconstruction}
+METHODS = {
+    # baselines
+    "target_prompt": lambda d, c, i, s: _graph(d, c, i, s, source_mode="reconstruct"),
+    # reconstruction (UAM Table 1): invert + regenerate, no CFG; the 'edited' image is the reconstruction
+    "recon_empty_prompt": lambda d, c, i, s: _graph(d, c, i, s, invert_with="empty", target_with="empty",
+                                                    target_cfg=1.0, source_mode="reconstruct"),
+    "recon_source_prompt": lambda d, c, i, s: _graph(d, c, i, s, target_with="source", target_cfg=1.0,
+                                                     source_mode="reconstruct"),
+    "recon_uniform_maps": lambda d, c, i, s: _graph(d, c, i, s, patch=_uniform_everywhere, target_with="source",
+                                                    target_cfg=1.0, source_mode="reconstruct"),
+    # techniques
+    "uam_blend": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.uam_patch, aux=True),
+}
 
 
 def build(method, denoiser, case, image_name, steps):

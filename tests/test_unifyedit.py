@@ -1,6 +1,7 @@
 """UnifyEdit (SAPreserveOptimizer): losses on planted maps, gradient modes, identities, memory, graphs."""
 import gc
 import math
+import warnings
 
 import pytest
 import torch
@@ -168,8 +169,10 @@ def test_memory_is_released_after_each_step(ue, fixtures, sd15):
             return x
     def graph_tensors():
         gc.collect()
-        return {id(o) for o in gc.get_objects() if torch.is_tensor(o) and (o.requires_grad or o.grad_fn is not None)
-                and not isinstance(o, torch.nn.Parameter)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {id(o) for o in gc.get_objects() if isinstance(o, torch.Tensor)
+                    and (o.requires_grad or o.grad_fn is not None) and not isinstance(o, torch.nn.Parameter)}
     before = graph_tensors()
     patched = ue.latent_hooks.with_latent_hook(optimised(ue, model, iterations=2, active_steps=2), Probe())
     out, run = edit_pair(ue, fixtures, patched, inv)

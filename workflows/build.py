@@ -68,28 +68,50 @@ def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, f
     return inv, edit
 
 
-def base_edit(backbone):
-    """Plain inversion + regeneration with the target prompt (the baseline every technique improves on)."""
+def edit_workflow(backbone, name, patch=None, aux=False):
+    """Load -> (patch the MODEL) -> Invert -> Edit Sampler -> decode -> save, on the embedded or a real model.
+
+    patch(g, ctx) adds technique nodes and returns the patched MODEL link; ctx has model, clip, vae, latent,
+    image, src, tgt, neg links and the case.
+    """
     g = Graph()
     if backbone.startswith("embedded"):
         denoiser = backbone.split("_")[1]
-        model, _, vae, latent, src, tgt, neg = embedded_loaders(g, denoiser, DEMO_CASE)
-        steps, cfg = 20, 3.0
+        model, clip, vae, latent, src, tgt, neg = embedded_loaders(g, denoiser, DEMO_CASE)
+        steps, cfg = 20, (4.0 if denoiser == "unet" else 3.0)
     else:
-        model, _, vae, latent, src, tgt, neg = real_loaders(g, backbone)
+        model, clip, vae, latent, src, tgt, neg = real_loaders(g, backbone)
         steps, cfg = (15, 1.0) if backbone == "flux" else (50, 7.5)
-    invert_edit_decode(g, model, vae, latent, src, tgt, neg, f"invert_edit_{backbone}", steps, cfg,
-                       backbone.endswith("flux"))
+    ctx = dict(model=model, clip=clip, vae=vae, latent=latent, src=src, tgt=tgt, neg=neg, backbone=backbone,
+               case=case_by_name(DEMO_CASE) if backbone.startswith("embedded") else None, steps=steps)
+    if patch is not None:
+        model = patch(g, ctx)
+    invert_edit_decode(g, model, vae, latent, src, tgt, neg, f"{name}_{backbone}", steps, cfg,
+                       backbone.endswith("flux"), aux=neg if aux else None)
     return g
 
 
-WORKFLOWS = {
-    "invert_edit_embedded_unet": lambda: base_edit("embedded_unet"),
-    "invert_edit_embedded_flux": lambda: base_edit("embedded_flux"),
-    "invert_edit_sd15": lambda: base_edit("sd15"),
-    "invert_edit_sdxl": lambda: base_edit("sdxl"),
-    "invert_edit_flux_dev": lambda: base_edit("flux"),
-}
+def base_edit(backbone):
+    """Plain inversion + regeneration with the target prompt (the baseline every technique improves on)."""
+    return edit_workflow(backbone, "invert_edit")
+
+
+def uam_patch(g, ctx):
+    """Uniform Attention Maps: uniform cross-attention on the aux branch (and during inversion) + adaptive blend."""
+    model = g.add("AttentionEditUniformAttnPatch", model=ctx["model"], branches="aux", during_inversion=True)
+    return g.add("AttentionEditBlend", model=model[0], mode="adaptive", into="target", fill="aux", quantile=0.5,
+                 threshold_scale=2.0, T_mask=200, dilation=1)[0]
+
+
+def uam_edit(backbone):
+    return edit_workflow(backbone, "uniform_attention_blend", uam_patch, aux=True)
+
+
+BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
+             "flux_dev": "flux"}
+TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit}
+WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
+             for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()}
 
 
 def embedded(name):
