@@ -29,10 +29,13 @@ def write_case_images(cases):
     import folder_paths
     from PIL import Image
     from embedded import dataset
+    folder = Path(folder_paths.get_input_directory())
     for case in cases:
         image, _ = dataset.render_scene(case.source, 64)
-        Image.fromarray((image * 255).round().astype(np.uint8)).save(
-            Path(folder_paths.get_input_directory()) / case_image_name(case))
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(folder / case_image_name(case))
+        edit_mask, _ = case.masks(64)
+        Image.fromarray(((edit_mask > 0.5) * 255).astype(np.uint8)).save(
+            folder / case_image_name(case).replace(".png", "_mask.png"))
 
 
 def clip_scorer():

@@ -15,10 +15,11 @@ def _graph(denoiser, case, image_name, steps, patch=None, invert_with="source", 
     g = Graph()
     m = g.add("LoadEmbeddedEditModel", denoiser=denoiser)
     image = g.add("LoadImage", image=image_name)
+    mask = g.add("LoadImageMask", image=image_name.replace(".png", "_mask.png"), channel="red")
     latent = g.add("VAEEncode", pixels=image[0], vae=m[2])
     prompts = {"source": case.source_prompt, "target": case.target_prompt, "empty": ""}
     enc = {k: g.add("CLIPTextEncode", text=v, clip=m[1])[0] for k, v in prompts.items()}
-    ctx = dict(model=m[0], clip=m[1], vae=m[2], latent=latent[0], image=image[0], src=enc["source"],
+    ctx = dict(model=m[0], clip=m[1], vae=m[2], latent=latent[0], image=image[0], mask=mask[0], src=enc["source"],
                tgt=enc["target"], neg=enc["empty"], backbone=f"embedded_{denoiser}", case=case, steps=steps)
     model = patch(g, ctx) if patch else m[0]
     inv = g.add("AttentionEditInvert", model=model, latent=latent[0], positive=enc[invert_with], steps=steps,
@@ -48,6 +49,7 @@ METHODS = {
                                                     target_cfg=1.0, source_mode="reconstruct"),
     # techniques
     "uam_blend": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.uam_patch, aux=True),
+    "cpam": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.cpam_patch, aux=True, invert_with="empty"),
 }
 
 

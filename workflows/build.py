@@ -25,6 +25,10 @@ def input_image_name(case_name):
     return f"attention_edit_case_{case_name}.png"
 
 
+def mask_image_name(case_name):
+    return f"attention_edit_case_{case_name}_mask.png"
+
+
 def embedded_loaders(g, denoiser, case_name):
     case = case_by_name(case_name)
     source, target = case.source_prompt, case.target_prompt
@@ -68,7 +72,7 @@ def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, f
     return inv, edit
 
 
-def edit_workflow(backbone, name, patch=None, aux=False):
+def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
     """Load -> (patch the MODEL) -> Invert -> Edit Sampler -> decode -> save, on the embedded or a real model.
 
     patch(g, ctx) adds technique nodes and returns the patched MODEL link; ctx has model, clip, vae, latent,
@@ -86,9 +90,15 @@ def edit_workflow(backbone, name, patch=None, aux=False):
                case=case_by_name(DEMO_CASE) if backbone.startswith("embedded") else None, steps=steps)
     if patch is not None:
         model = patch(g, ctx)
-    invert_edit_decode(g, model, vae, latent, src, tgt, neg, f"{name}_{backbone}", steps, cfg,
-                       backbone.endswith("flux"), aux=neg if aux else None)
+    invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, tgt, neg, f"{name}_{backbone}", steps,
+                       cfg, backbone.endswith("flux"), aux=neg if aux else None)
     return g
+
+
+def source_mask(g, ctx):
+    """The object mask of the source image: the case's exact mask (embedded) or a painted mask file."""
+    name = mask_image_name(DEMO_CASE) if ctx["case"] is not None else "example_mask.png"
+    return g.add("LoadImageMask", image=name, channel="red")[0]
 
 
 def base_edit(backbone):
@@ -107,9 +117,23 @@ def uam_edit(backbone):
     return edit_workflow(backbone, "uniform_attention_blend", uam_patch, aux=True)
 
 
+def cpam_patch(g, ctx):
+    """CPAM: self-attention preservation of the source object/background + localized cross-attention."""
+    mask = ctx.get("mask") or source_mask(g, ctx)
+    model = g.add("AttentionEditCPAMSelfAttention", model=ctx["model"], source_mask=mask, mode="change",
+                  retain_object=False, step_threshold=3, layer_threshold=8, plain_fraction=0.1, seed=0,
+                  target_mask_mode="source", mask_after_step=5, mask_threshold=0.3)
+    return g.add("AttentionEditCPAMCrossAttention", model=model[0], source_mask=mask, target_mask_mode="source",
+                 mask_after_step=5, mask_threshold=0.3)[0]
+
+
+def cpam_edit(backbone):
+    return edit_workflow(backbone, "cpam", cpam_patch, aux=True, invert_empty=True)
+
+
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
              "flux_dev": "flux"}
-TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit}
+TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit}
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()}
 
@@ -135,8 +159,11 @@ def write_input_images():
     from embedded.dataset import render_scene
     for old in (HERE / "inputs").glob("attention_edit_*.png"):
         old.unlink()
-    image, _ = render_scene(case_by_name(DEMO_CASE).source, 64)
+    case = case_by_name(DEMO_CASE)
+    image, _ = render_scene(case.source, 64)
     Image.fromarray((image * 255).round().astype(np.uint8)).save(HERE / "inputs" / input_image_name(DEMO_CASE))
+    edit_mask, _ = case.masks(64)
+    Image.fromarray(((edit_mask > 0.5) * 255).astype(np.uint8)).save(HERE / "inputs" / mask_image_name(DEMO_CASE))
 
 
 def main():
