@@ -24,6 +24,8 @@ def _graph(denoiser, case, image_name, steps, patch=None, invert_with="source", 
     model = patch(g, ctx) if patch else m[0]
     inv = g.add("AttentionEditInvert", model=model, latent=latent[0], positive=enc[invert_with], steps=steps,
                 scheduler="simple", solver="auto", cfg=1.0)
+    if ctx.get("after_invert"):
+        inv = ctx["after_invert"](g, inv)
     extra = {"aux_positive": enc["empty"], "aux_cfg": 1.0} if aux else {}
     edit = g.add("AttentionEditSampler", model=model, inversion=inv[0], target_positive=enc[target_with],
                  target_cfg=CFG[denoiser] if target_cfg is None else target_cfg, source_mode=source_mode,
@@ -49,6 +51,11 @@ METHODS = {
                                                     target_cfg=1.0, source_mode="reconstruct"),
     # techniques
     "uam_blend": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.uam_patch, aux=True),
+    "proedit_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.proedit_patch),
+    "kvmix_only_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=lambda g, x: workflows.proedit_patch(
+        g, x, shift=False)),
+    "proedit_attention_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=lambda g, x: workflows.proedit_patch(
+        g, {**x, "mask": None})),
     "cpam": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.cpam_patch, aux=True, invert_with="empty"),
 }
 

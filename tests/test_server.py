@@ -70,6 +70,35 @@ def test_prompt_runs_and_results_download(server):
     assert image.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
 
 
+def test_pack_nodes_run_over_http(server):
+    """UAM patch -> Invert -> Edit Sampler (source, target and aux branches) -> SaveLatent, through /prompt."""
+    prompt = {
+        "1": {"class_type": "TinyTestModel", "inputs": {"kind": "sd15", "seed": 0}},
+        "2": {"class_type": "TinyTestConditioning", "inputs": {"text": "a red circle"}},
+        "3": {"class_type": "TinyTestConditioning", "inputs": {"text": "a blue circle"}},
+        "4": {"class_type": "TinyTestConditioning", "inputs": {"text": ""}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["4", 0],
+                                                   "latent_image": ["5", 0], "seed": 1, "steps": 2, "cfg": 2.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "7": {"class_type": "AttentionEditUniformAttnPatch",
+              "inputs": {"model": ["1", 0], "branches": "aux", "during_inversion": True}},
+        "8": {"class_type": "AttentionEditInvert", "inputs": {"model": ["7", 0], "latent": ["6", 0],
+                                                              "positive": ["4", 0], "steps": 3,
+                                                              "scheduler": "simple", "solver": "auto", "cfg": 1.0}},
+        "9": {"class_type": "AttentionEditSampler", "inputs": {
+            "model": ["7", 0], "inversion": ["8", 0], "target_positive": ["3", 0], "target_cfg": 1.0,
+            "source_mode": "replay", "source_cfg": 1.0, "start_step": 0, "aux_positive": ["4", 0]}},
+        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "edited"}},
+    }
+    entry = server.run(prompt, timeout=90)
+    assert entry["status"]["status_str"] == "success"
+    [(node_id, file)] = server.output_files(entry, "latents")
+    from safetensors.torch import load
+    edited = load(server.view(file))["latent_tensor"]
+    assert node_id == "10" and edited.shape == (1, 4, 16, 16) and edited.isfinite().all()
+
+
 def test_broken_prompts_get_400_with_comfy_error_json(server):
     status, body = server.request("POST", "/prompt", {"prompt": {
         "1": {"class_type": "NoSuchNodeAnywhere", "inputs": {}}}})

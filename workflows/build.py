@@ -38,7 +38,7 @@ def embedded_loaders(g, denoiser, case_name):
     src = g.add("CLIPTextEncode", title="source prompt", text=source, clip=m[1])
     tgt = g.add("CLIPTextEncode", title="target prompt", text=target, clip=m[1])
     neg = g.add("CLIPTextEncode", title="negative / empty prompt", text="", clip=m[1])
-    return m[0], m[1], m[2], latent[0], src[0], tgt[0], neg[0]
+    return m[0], m[1], m[2], image[0], latent[0], src[0], tgt[0], neg[0]
 
 
 def real_loaders(g, family):
@@ -56,14 +56,16 @@ def real_loaders(g, family):
     src = g.add("CLIPTextEncode", title="source prompt", text="a photo of a cat sitting on a sofa", clip=clip)
     tgt = g.add("CLIPTextEncode", title="target prompt", text="a photo of a dog sitting on a sofa", clip=clip)
     neg = g.add("CLIPTextEncode", title="negative / empty prompt", text="", clip=clip)
-    return model, clip, vae, latent[0], src[0], tgt[0], neg[0]
+    return model, clip, vae, image[0], latent[0], src[0], tgt[0], neg[0]
 
 
 def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, flow, aux=None, cache_kv=False,
-                       capture_steps="", inversion_node=None):
-    inv = inversion_node or g.add("AttentionEditInvert", model=model, latent=latent, positive=src, steps=steps,
+                       capture_steps="", after_invert=None):
+    inv = g.add("AttentionEditInvert", model=model, latent=latent, positive=src, steps=steps,
                                   scheduler="simple", solver="auto", cfg=1.0, capture_steps=capture_steps,
                                   cache_kv=cache_kv, cache_dtype="float16", cache_device="cpu")
+    if after_invert is not None:
+        inv = after_invert(g, inv)
     extra = {"aux_positive": aux, "aux_cfg": 1.0} if aux is not None else {}
     edit = g.add("AttentionEditSampler", model=model, inversion=inv[0], target_positive=tgt, target_cfg=cfg,
                  source_mode="replay", source_cfg=1.0, start_step=0, negative=neg, **extra)
@@ -81,18 +83,24 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
     g = Graph()
     if backbone.startswith("embedded"):
         denoiser = backbone.split("_")[1]
-        model, clip, vae, latent, src, tgt, neg = embedded_loaders(g, denoiser, DEMO_CASE)
+        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, denoiser, DEMO_CASE)
         steps, cfg = 20, (4.0 if denoiser == "unet" else 3.0)
     else:
-        model, clip, vae, latent, src, tgt, neg = real_loaders(g, backbone)
+        model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
         steps, cfg = (15, 1.0) if backbone == "flux" else (50, 7.5)
-    ctx = dict(model=model, clip=clip, vae=vae, latent=latent, src=src, tgt=tgt, neg=neg, backbone=backbone,
-               case=case_by_name(DEMO_CASE) if backbone.startswith("embedded") else None, steps=steps)
+    ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
+               backbone=backbone, case=case_by_name(DEMO_CASE) if backbone.startswith("embedded") else None,
+               steps=steps)
     if patch is not None:
         model = patch(g, ctx)
     invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, tgt, neg, f"{name}_{backbone}", steps,
-                       cfg, backbone.endswith("flux"), aux=neg if aux else None)
+                       cfg, backbone.endswith("flux"), aux=neg if aux else None, after_invert=ctx.get("after_invert"))
     return g
+
+
+def prompt_and_word(ctx):
+    case = ctx["case"]
+    return (case.source_prompt, case.word) if case is not None else ("a photo of a cat sitting on a sofa", "cat")
 
 
 def source_mask(g, ctx):
@@ -127,13 +135,31 @@ def cpam_patch(g, ctx):
                  mask_after_step=5, mask_threshold=0.3)[0]
 
 
+def proedit_patch(g, ctx, shift=True):
+    """ProEdit: edit mask from the source prompt's attention to the edited word, KV-mix, Latents-Shift."""
+    text, word = prompt_and_word(ctx)
+    mask = ctx.get("mask") or g.add("AttentionEditMaskFromAttention", model=ctx["model"], latent=ctx["latent"],
+                                    positive=ctx["src"], clip=ctx["clip"], source_prompt=text, word=word,
+                                    dilation=1, image=ctx["image"])[0]
+    if shift:
+        ctx["after_invert"] = lambda g, inv: g.add("AttentionEditLatentsShift", inversion=inv[0], mask=mask,
+                                                   beta=0.25, seed=0)
+    return g.add("AttentionEditKVMix", model=ctx["model"], delta=0.9, inject_steps=5, edit_type="change",
+                 kv_source="batch", mask=mask)[0]
+
+
+def proedit_edit(backbone):
+    return edit_workflow(backbone, "proedit", proedit_patch)
+
+
 def cpam_edit(backbone):
     return edit_workflow(backbone, "cpam", cpam_patch, aux=True, invert_empty=True)
 
 
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
              "flux_dev": "flux"}
-TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit}
+TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit,
+              "proedit": proedit_edit}
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()}
 
