@@ -56,6 +56,7 @@ METHODS = {
         g, x, shift=False)),
     "proedit_attention_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=lambda g, x: workflows.proedit_patch(
         g, {**x, "mask": None})),
+    "unifyedit": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.unifyedit_patch),
     "cpam": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.cpam_patch, aux=True, invert_with="empty"),
 }
 

@@ -152,6 +152,22 @@ def proedit_edit(backbone):
     return edit_workflow(backbone, "proedit", proedit_patch)
 
 
+def unifyedit_patch(g, ctx):
+    """UnifyEdit: latent optimisation with self-attention preservation + cross-attention alignment (U-Net)."""
+    case = ctx["case"]
+    text = case.target_prompt if case is not None else "a photo of a dog sitting on a sofa"
+    word = case.target_word if case is not None else "dog"
+    scale = "1/2" if case is not None else "1/4"  # the embedded U-Net's coarsest attention grid is 1/2
+    return g.add("AttentionEditSAPreserveOptimizer", model=ctx["model"], edit_tokens=word, gradient_mode="balanced",
+                 beta1=1.0, beta2=1.0, k1=3.0, k2=3.0, iterations=5, step_size=2.5, active_steps=10,
+                 sa_layers=scale, ca_layers=scale, attention_precision="float32", clip=ctx["clip"],
+                 target_prompt=text, sap_region="full", layer_names="")[0]
+
+
+def unifyedit_edit(backbone):
+    return edit_workflow(backbone, "unifyedit", unifyedit_patch)
+
+
 def cpam_edit(backbone):
     return edit_workflow(backbone, "cpam", cpam_patch, aux=True, invert_empty=True)
 
@@ -159,9 +175,11 @@ def cpam_edit(backbone):
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
              "flux_dev": "flux"}
 TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit,
-              "proedit": proedit_edit}
+              "proedit": proedit_edit, "unifyedit": unifyedit_edit}
+UNET_ONLY = {"unifyedit"}  # ComfyUI's Flux blocks update residuals in place, which blocks latent gradients
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
-             for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()}
+             for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
+             if not (t in UNET_ONLY and backbone.endswith("flux"))}
 
 
 def embedded(name):
