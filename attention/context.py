@@ -3,6 +3,8 @@ import torch
 
 from comfy.ldm.modules import attention as comfy_attention
 
+from .run_state import step_from_sigmas
+
 
 class AttnCall:
     """One attention call. q, k, v are [batch, heads, tokens, head_dim].
@@ -10,21 +12,38 @@ class AttnCall:
     kind: "self" or "cross" (U-Net) or "joint" (MMDiT: text tokens first, then image tokens).
     img: slice of the image tokens among the queries (and keys for self/joint); txt: slice of the text keys.
     grid: (h, w) of the image tokens; latent_hw: (H, W) of the latent. layer: e.g. "input.4.0" or "double.3".
+    step / sigma: given, or None to read them lazily from the transformer options (`options`).
     roles / conds: per batch row, "source" / "target" / "aux" and True for the conditional pass.
     """
 
     def __init__(self, q, k, v, kind, layer, img, txt, grid, latent_hw, step, sigma, roles, conds, run,
-                 mask=None, block_type=None, block_index=0):
+                 mask=None, block_type=None, block_index=0, options=None):
         self.q, self.k, self.v = q, k, v
         self.kind, self.layer = kind, layer
         self.img, self.txt, self.grid, self.latent_hw = img, txt, grid, latent_hw
-        self.step, self.sigma = step, sigma
+        self._step, self._sigma, self._options = step, sigma, options or {}
         self.roles, self.conds = roles, conds
         self.run = run
         self.mask = mask
         self.block_type, self.block_index = block_type, block_index
         self.changed = False
         self._probs = None
+
+    @property
+    def step(self):
+        """Step index of the run (set by the pack's samplers, else derived from the current sigma); lazy."""
+        if self._step is None:
+            run_step = self.run.step if self.run is not None else None
+            self._step = run_step if run_step is not None else step_from_sigmas(self._options)
+        return self._step
+
+    @property
+    def sigma(self):
+        """The current sigma as a float (lazy: reading it synchronises with the device)."""
+        if self._sigma is None:
+            sigmas = self._options.get("sigmas")
+            self._sigma = float(sigmas.flatten()[0]) if sigmas is not None else 0.0
+        return self._sigma
 
     @property
     def heads(self):

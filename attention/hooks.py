@@ -12,7 +12,6 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from .context import AttnCall
 from .controller import CHAIN_KEY, RUN_KEY, chain_of, run_chain
-from .run_state import step_from_sigmas
 
 HOOKED_KEY = "edit_pack_hooked"
 DIT_INFO_KEY = "edit_pack_dit_geometry"
@@ -42,13 +41,6 @@ def _roles(options, batch):
     if run is None:
         return ["target"] * batch, [True] * batch
     return run.row_roles(batch, options.get("cond_or_uncond") or [0])
-
-
-def _step_sigma(options):
-    run = options.get(RUN_KEY)
-    step = run.step if run is not None and run.step is not None else step_from_sigmas(options)
-    sigmas = options.get("sigmas")
-    return step, (float(sigmas.flatten()[0]) if sigmas is not None else 0.0)
 
 
 def _split_heads(t, heads):
@@ -82,13 +74,13 @@ class UNetAttnHook:
         heads = options["n_heads"]
         block = options.get("block", ("?", 0))
         roles, conds = _roles(options, q.shape[0])
-        step, sigma = _step_sigma(options)
         grid = tuple(options.get("activations_shape", [0, 0, 0, q.shape[1]])[-2:])
         latent_hw = tuple(options.get("original_shape", [0, 0, *grid])[-2:])
         call = AttnCall(_split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads), self.kind,
                         f"{block[0]}.{block[1]}.{options.get('block_index', 0)}", slice(0, q.shape[1]),
-                        slice(0, k.shape[1]) if self.kind == "cross" else None, grid, latent_hw, step, sigma,
-                        roles, conds, options.get(RUN_KEY), block_type=block[0], block_index=block[1])
+                        slice(0, k.shape[1]) if self.kind == "cross" else None, grid, latent_hw, None, None,
+                        roles, conds, options.get(RUN_KEY), block_type=block[0], block_index=block[1],
+                        options=options)
 
         def compute(c):
             if not c.changed:
@@ -123,11 +115,10 @@ def dit_attention_override(func, *args, **kwargs):
     q, k, v, heads = args[:4]
     txt_len, h, w, latent_hw = geometry
     roles, conds = _roles(options, q.shape[0])
-    step, sigma = _step_sigma(options)
     block_type, index = options.get("block_type", "double"), options.get("block_index", 0)
     call = AttnCall(q, k, v, "joint", f"{block_type}.{index}", slice(txt_len, txt_len + h * w),
-                    slice(0, txt_len), (h, w), latent_hw, step, sigma, roles, conds, options.get(RUN_KEY),
-                    mask=kwargs.get("mask"), block_type=block_type, block_index=index)
+                    slice(0, txt_len), (h, w), latent_hw, None, None, roles, conds, options.get(RUN_KEY),
+                    mask=kwargs.get("mask"), block_type=block_type, block_index=index, options=options)
 
     def compute(c):
         if not c.changed:
