@@ -32,6 +32,9 @@ def _graph(denoiser, case, image_name, steps, patch=None, invert_with="source", 
                  source_cfg=1.0, start_step=0, negative=enc["empty"], source_positive=enc[invert_with], **extra)
     edited = g.add("VAEDecode", samples=edit[0], vae=m[2])
     recon = g.add("VAEDecode", samples=edit[1], vae=m[2]) if source_mode == "reconstruct" else None
+    for image_node in (edited, recon):
+        if image_node is not None:  # an output node, so ComfyUI executes the graph
+            g.add("PreviewImage", images=image_node[0])
     return g.prompt, edited.id, recon.id if recon else None
 
 
