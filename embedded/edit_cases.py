@@ -29,8 +29,9 @@ class EditCase:
         _, src_masks = dataset.render_scene(self.source, size)
         _, tgt_masks = dataset.render_scene(self.target, size)
         if self.kind == "background":
-            edit = 1.0 - np.clip(src_masks.sum(0), 0, 1)
-            return edit, 1.0 - edit
+            objects = np.clip(src_masks.sum(0), 0, 1)
+            edit = 1.0 - dilate(objects > 0.05, 1).astype(np.float32)
+            return edit, erode(objects > 0.5, 1).astype(np.float32)
         changed = [m for i, m in enumerate(src_masks) if i >= len(self.target["objects"])
                    or self.source["objects"][i] != self.target["objects"][i]]
         changed += [m for i, m in enumerate(tgt_masks) if i >= len(self.source["objects"])
@@ -42,6 +43,11 @@ class EditCase:
 def dilate(mask, pixels):
     from scipy import ndimage
     return ndimage.binary_dilation(mask, iterations=pixels)
+
+
+def erode(mask, pixels):
+    from scipy import ndimage
+    return ndimage.binary_erosion(mask, iterations=pixels)
 
 
 def _obj(shape, color, cx=0.5, cy=0.5, r=0.22):
