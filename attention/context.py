@@ -1,5 +1,4 @@
 """AttnCall: the one view of an attention call that every controller gets, for U-Net and MMDiT alike."""
-import torch
 
 from comfy.ldm.modules import attention as comfy_attention
 
@@ -36,6 +35,10 @@ class AttnCall:
             run_step = self.run.step if self.run is not None else None
             self._step = run_step if run_step is not None else step_from_sigmas(self._options)
         return self._step
+
+    @step.setter
+    def step(self, value):
+        self._step = value
 
     @property
     def sigma(self):

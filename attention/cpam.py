@@ -25,7 +25,8 @@ import torch
 
 from comfy.ldm.modules import attention as comfy_attention
 
-from ..latent_ops.cpam_masks import pick, to_grid
+from ..latent_ops.cpam_masks import pick
+from ..latent_ops.masks import to_tokens
 from .controller import Controller
 from .hooks import model_family, unet_transformer_blocks
 
@@ -188,8 +189,8 @@ class SelfAttentionPreservation(_CPAMController):
         pairs = _pairs(call, "source", cond_only=False)
         if not pairs:
             return
-        ms = to_grid(self.source_mask, call.grid).to(call.q.device)
-        mt = to_grid(self.target.pixels(call), call.grid).to(call.q.device)
+        ms = to_tokens(self.source_mask, call.grid).to(call.q.device)
+        mt = to_tokens(self.target.pixels(call), call.grid).to(call.q.device)
         retained = self.object_retained(call)
         plan = _plan(call)
         for r, s, pos in pairs:
@@ -228,7 +229,7 @@ class LocalizedCrossAttention(_CPAMController):
             raise ValueError("CPAM Localized Cross-Attention needs the empty prompt: connect an empty-prompt "
                              "CONDITIONING to the Edit Sampler's aux_positive (its K/V serve the queries outside "
                              "the target mask)")
-        mt = to_grid(self.target.pixels(call), call.grid).to(call.q.device)
+        mt = to_tokens(self.target.pixels(call), call.grid).to(call.q.device)
         plan = _plan(call)
         for r, a, pos in pairs:
             m = pick(mt, pos).to(call.q.dtype)

@@ -6,9 +6,9 @@ w = 1 gives K_tgt exactly); R is the mixing region per image token: the mask for
 for "style", everything except the mask for "add" (the mask then keeps source K/V). Same for V.
 """
 import torch
-import torch.nn.functional as F
 
 from .controller import Controller
+from ..latent_ops.masks import as_mask, to_tokens
 from .kv_store import KV_KEY
 
 EDIT_TYPES = ("change", "remove", "add", "style")
@@ -31,24 +31,6 @@ def mix_kv(k_tgt, k_src, weight):
     return torch.lerp(k_src, k_tgt, weight.to(k_tgt.dtype)[..., None].expand_as(k_tgt))
 
 
-def mask_to_grid(mask, grid):
-    """[B, H, W] mask -> [B, h*w] on a token grid: area average when shrinking, nearest otherwise."""
-    m = mask.float()[:, None]
-    if tuple(m.shape[-2:]) != tuple(grid):
-        shrink = m.shape[-2] >= grid[0] and m.shape[-1] >= grid[1]
-        m = F.interpolate(m, size=tuple(grid), mode="area" if shrink else "nearest")
-    return m.clamp(0, 1).flatten(1)
-
-
-def check_mask(mask, name="mask"):
-    """A MASK tensor ([H, W] or [B, H, W]) as float [B, H, W]; a clear error otherwise."""
-    if not torch.is_tensor(mask) or mask.ndim not in (2, 3) or mask.shape[-1] < 1 or mask.shape[-2] < 1:
-        shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
-        raise ValueError(f"{name}: expected a MASK of shape [batch, height, width], got {shape}")
-    mask = mask.float()
-    return mask[None] if mask.ndim == 2 else mask
-
-
 class KVMix(Controller):
     """KV-mix on the target rows of the edit sampler's batch, image tokens only, for steps < inject.
 
@@ -68,7 +50,7 @@ class KVMix(Controller):
             raise ValueError(f"delta must lie in [0, 1], got {delta}")
         if mask is None and edit_type != "style":
             raise ValueError(f"mask: edit type '{edit_type}' needs an edit mask (only 'style' mixes everywhere)")
-        self.mask = None if mask is None else check_mask(mask)
+        self.mask = None if mask is None else as_mask(mask)
         self.delta, self.inject, self.edit_type, self.source = float(delta), int(inject), edit_type, source
         self.layers = None if layers is None else frozenset(layers)
 
@@ -90,7 +72,7 @@ class KVMix(Controller):
             if self.mask.shape[0] not in (1, count):
                 raise ValueError(f"mask: it has batch {self.mask.shape[0]}, the edit has {count} images per "
                                  f"branch; give one mask or one per image")
-            region = mix_region(mask_to_grid(self.mask, call.grid), self.edit_type).expand(count, n_img)
+            region = mix_region(to_tokens(self.mask, call.grid), self.edit_type).expand(count, n_img)
         w = (self.delta * region).to(call.k.device)
         call.run.store[key] = w
         return w

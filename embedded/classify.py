@@ -3,7 +3,7 @@
 Works on any RGB image of the domain (ground truth, VAE reconstruction, or a sample): background = nearest
 palette colour to the median border pixel; objects = connected regions far from the background colour;
 object colour = nearest palette colour to the median of its interior pixels; shape type from geometry
-(fill ratio of the bounding box: square ~1, circle ~pi/4, triangle ~1/2, plus top/bottom width ratio).
+(best IoU with each ideal shape fitted to the region's bounding box).
 """
 import numpy as np
 from scipy import ndimage
@@ -20,21 +20,19 @@ def nearest_colour(rgb):
 
 
 def shape_type(mask):
-    """'square' / 'circle' / 'triangle' from a boolean object mask."""
+    """'square' / 'circle' / 'triangle': the ideal shape fitted to the mask's bounding box with the best IoU."""
+    size = mask.shape[0]
     ys, xs = np.nonzero(mask)
-    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-    fill = mask.sum() / float(h * w)
-    sub = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    band = max(1, h // 4)
-    top, bottom = sub[:band].sum(), sub[-band:].sum()
-    taper = top / max(bottom, 1)  # triangle (apex up) ~1/7, square and circle ~1
-    if taper < 0.5 and fill < 0.7:
-        return "triangle"
-    if fill > 0.88:
-        return "square"
-    if fill > 0.62:
-        return "circle"
-    return "triangle"
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    cx, cy = (x0 + x1) / 2.0 / size, (y0 + y1) / 2.0 / size
+    r = max(x1 - x0, y1 - y0) / 2.0 / size
+    best, best_iou = None, -1.0
+    for shape in dataset.SHAPES:
+        tmpl = dataset._coverage(shape, cx, cy, r, size) > 0.5
+        iou = (tmpl & mask).sum() / float((tmpl | mask).sum())
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return best
 
 
 def classify(image, min_area=12, threshold=0.25):

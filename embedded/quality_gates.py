@@ -87,6 +87,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sheet", default=None, help="folder for contact sheets of the samples")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--seen", action="store_true",
+                    help="diagnostic: also score 24 single-object combos that training did show")
     ap.add_argument("--progress", action="store_true", help="show ComfyUI's sampler progress bars")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -117,6 +119,16 @@ def main():
                   f"{100 * CORRECT_GATE:.0f}%) {'PASS' if passed else 'FAIL'}; background {100 * r['background']:.1f}% "
                   f"colour {100 * r['color']:.1f}% shape {100 * r['shape']:.1f}% count {100 * r['count']:.1f}% "
                   f"[{time.time() - t0:.0f}s]", flush=True)
+            if args.seen:
+                held = set(dataset.held_out_triples())
+                seen = [t for t in dataset.all_triples() if t not in held][::6][:len(prompts)]
+                seen_prompts = [dataset.caption({"background": b, "objects": [{"shape": sh, "color": c}]})
+                                for sh, c, b in seen]
+                rs = score(seen_prompts, sample_prompts(model, clip, vae, seen_prompts, args.per_prompt, args.seed,
+                                                         sampler))
+                results[name + "_seen"] = rs
+                print(f"{name} (diagnostic, seen combos): all-correct {100 * rs['all']:.1f}%; colour "
+                      f"{100 * rs['color']:.1f}% shape {100 * rs['shape']:.1f}% count {100 * rs['count']:.1f}%", flush=True)
             if args.sheet:
                 import os
                 os.makedirs(args.sheet, exist_ok=True)

@@ -1,13 +1,16 @@
 """Train every embedded model in order, then print the quality gates. Seeded; about 2 hours on one CPU core.
 
-    OMP_NUM_THREADS=1 python -m embedded.train_all [--skip autoencoder unet decoder flux clip]
+    OMP_NUM_THREADS=1 python -m embedded.train_all [--skip STAGE ...]
 
-1. autoencoder (encoder + decoder, TAESD format)      -> weights/shapes_taesd.safetensors
-2. U-Net denoiser (eps) on that encoder's latents      -> weights/shapes_unet.safetensors
-3. decoder-only fine-tuning (latent space unchanged)   -> weights/shapes_taesd.safetensors
-4. Flux denoiser (rectified flow)                      -> weights/shapes_flux.safetensors
-5. domain CLIP (contrastive image-text)                -> weights/shapes_clip.safetensors
-6. quality gates (exit status 1 if one fails)
+1. ae1:     autoencoder, encoder + decoder (1600 steps on 32x32 crops + 250 on 64x64)
+2. unet1:   U-Net pre-training on the ae1 latents (1500 steps)
+3. ae2:     joint autoencoder fine-tuning with latent-noise augmentation (robust, smoother latent space)
+4. unet2:   U-Net fine-tuning on the ae2 latents (900 steps)              -> weights/shapes_unet.safetensors
+5. flux:    Flux from scratch on the ae2 latents (1000 steps)             -> weights/shapes_flux.safetensors
+6. decoder: decoder-only fine-tuning (latent space unchanged)             -> weights/shapes_taesd.safetensors
+7. clip:    domain CLIP                                                   -> weights/shapes_clip.safetensors
+8. quality gates (exit status 1 if one fails)
+Intermediate weights go to /tmp/embedded_stages/.
 """
 import argparse
 import os
@@ -17,13 +20,20 @@ import time
 
 from . import paths
 
+T = "/tmp/embedded_stages"
 STAGES = [
-    ("autoencoder", ["embedded.train_autoencoder"]),
-    ("unet", ["embedded.train_denoiser", "--model", "unet"]),
-    ("decoder", ["embedded.train_autoencoder", "--init", paths.AUTOENCODER, "--freeze-encoder", "--crop-steps", "1000",
-                 "--full-steps", "200", "--lr", "3e-4", "--warmup", "20", "--seed", "1"]),
-    ("flux", ["embedded.train_denoiser", "--model", "flux"]),
-    ("clip", ["embedded.train_domain_clip"]),
+    ("ae1", ["embedded.train_autoencoder", "--out", f"{T}/ae1.safetensors"]),
+    ("unet1", ["embedded.train_denoiser", "--model", "unet", "--vae", f"{T}/ae1.safetensors",
+               "--out", f"{T}/unet1.safetensors"]),
+    ("ae2", ["embedded.train_autoencoder", "--init", f"{T}/ae1.safetensors", "--crop-steps", "0", "--full-steps", "450",
+             "--lr", "3e-4", "--warmup", "20", "--latent-noise", "0.4", "--seed", "2", "--out", f"{T}/ae2.safetensors"]),
+    ("unet2", ["embedded.train_denoiser", "--model", "unet", "--vae", f"{T}/ae2.safetensors", "--init",
+               f"{T}/unet1.safetensors", "--steps", "900", "--lr", "3e-4", "--out", paths.UNET]),
+    ("flux", ["embedded.train_denoiser", "--model", "flux", "--vae", f"{T}/ae2.safetensors", "--steps", "1000",
+              "--out", paths.FLUX]),
+    ("decoder", ["embedded.train_autoencoder", "--init", f"{T}/ae2.safetensors", "--freeze-encoder", "--crop-steps",
+                 "0", "--full-steps", "400", "--lr", "2e-4", "--warmup", "20", "--seed", "3", "--out", paths.AUTOENCODER]),
+    ("clip", ["embedded.train_domain_clip", "--steps", "300"]),
 ]
 
 
@@ -34,6 +44,7 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.makedirs(paths.WEIGHTS_DIR, exist_ok=True)
+    os.makedirs(T, exist_ok=True)
     for name, cmd in STAGES:
         if name in args.skip:
             continue

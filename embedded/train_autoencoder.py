@@ -19,7 +19,7 @@ from . import comfy_env
 
 comfy_env.setup()
 import comfy.taesd.taesd as taesd  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from . import dataset, paths  # noqa: E402
 
@@ -66,6 +66,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--freeze-encoder", action="store_true",
                     help="train the decoder only (keeps the latent space, and so the trained denoisers, valid)")
+    ap.add_argument("--latent-noise", type=float, default=0.0,
+                    help="decoder sees z + U(0, this) * std(z) * noise on half of each batch (robust decoding)")
     ap.add_argument("--out", default=paths.AUTOENCODER)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -82,13 +84,12 @@ def main():
     model = taesd.TAESD(latent_channels=4)
     init_conv_(model, args.seed)
     if args.init:
-        from safetensors.torch import load_file
         sd = {k: v.float() for k, v in load_file(args.init).items() if k.startswith("taesd_")}
         model.load_state_dict(sd, strict=False)
         print(f"initialised from {args.init}", flush=True)
+    enc, dec = model.taesd_encoder, model.taesd_decoder
     if args.freeze_encoder:
         enc.requires_grad_(False)
-    enc, dec = model.taesd_encoder, model.taesd_decoder
     params = [p for p in list(enc.parameters()) + list(dec.parameters()) if p.requires_grad]
     opt = torch.optim.Adam(params, lr=args.lr)
     total = args.crop_steps + args.full_steps
@@ -103,6 +104,10 @@ def main():
             x = random_crops(x, gen)
         with torch.set_grad_enabled(not args.freeze_encoder):
             z = enc(x)
+        if args.latent_noise > 0:
+            amp = torch.rand(z.shape[0], 1, 1, 1, generator=gen) * args.latent_noise * z.detach().std()
+            amp[: z.shape[0] // 2] = 0
+            z = z + amp * torch.randn(z.shape, generator=gen)
         y = dec(z)
         loss = torch.nn.functional.mse_loss(y, x) + args.latent_reg * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
@@ -118,10 +123,17 @@ def main():
                   f"t {time.time() - t0:.0f}s", flush=True)
 
     with torch.no_grad():
-        zv = enc(x_val)
-        mean, std = zv.mean().item(), zv.std().item()
-        model.vae_scale.fill_(std)
-        model.vae_shift.fill_(-mean / std)
+        if args.freeze_encoder and args.init:  # same encoder: keep its latent normalisation exactly
+            init_sd = load_file(args.init)
+            std = init_sd["vae_scale"].float().item()
+            mean = -init_sd["vae_shift"].float().item() * std
+            model.vae_scale.copy_(init_sd["vae_scale"].float())
+            model.vae_shift.copy_(init_sd["vae_shift"].float())
+        else:
+            zv = enc(x_val)
+            mean, std = zv.mean().item(), zv.std().item()
+            model.vae_scale.fill_(std)
+            model.vae_shift.fill_(-mean / std)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(sd, args.out, metadata={"format": "taesd", "latent_mean": str(mean), "latent_std": str(std)})
     print(f"saved {args.out} raw latent mean {mean:.4f} std {std:.4f}; total {time.time() - t0:.0f}s", flush=True)

@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--drop", type=float, default=0.1)
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--vae", default=None, help="autoencoder whose latents to train on (default: the shipped one)")
+    ap.add_argument("--init", default=None, help="continue from saved (EMA) weights of the same spec")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -59,8 +61,9 @@ def main():
     out_path = args.out or (paths.UNET if args.model == "unet" else paths.FLUX)
     t0 = time.time()
 
-    data = train_data.build(loader.load_vae(), text_encoder.build_clip(), n=args.n_data,
-                            tag=train_data.file_tag(paths.AUTOENCODER))
+    vae_path = args.vae or paths.AUTOENCODER
+    data = train_data.build(loader.load_vae(vae_path), text_encoder.build_clip(), n=args.n_data,
+                            tag=train_data.file_tag(vae_path))
     lat, cap_idx, conds, pooled = data["latents"], data["cap_idx"], data["conds"], data["pooled"]
     print(f"data ready {time.time() - t0:.0f}s: {len(lat)} latents, {len(conds)} captions", flush=True)
 
@@ -68,6 +71,10 @@ def main():
     model = patcher.model
     net = model.diffusion_model
     zero_init_outputs_(net, args.model)
+    if args.init:
+        from safetensors.torch import load_file
+        net.load_state_dict({k: v.float() for k, v in load_file(args.init).items()})
+        print(f"initialised from {args.init}", flush=True)
     ms = model.model_sampling
     n_params = sum(p.numel() for p in net.parameters())
     print(f"{args.model}: {n_params / 1e6:.2f}M params", flush=True)

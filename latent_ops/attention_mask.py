@@ -15,6 +15,7 @@ from ..attention.controller import RUN_KEY, Controller
 from ..attention.hooks import model_family, with_controller
 from ..attention.run_state import RunState
 from .guided_loop import run_guided
+from .masks import resize
 
 MAPS_KEY = "edit_word_maps"
 
@@ -172,18 +173,11 @@ def word_attention_map(model, latent, positive, positions, seed=0):
     return entry[0] / entry[1]
 
 
-def resize_mask(mask, size):
-    """[B, h, w] binary mask -> [B, H, W] (nearest)."""
-    if tuple(mask.shape[-2:]) == tuple(size):
-        return mask
-    return F.interpolate(mask[:, None], size=tuple(size), mode="nearest")[:, 0]
-
-
 def overlay(mask, image=None, color=(1.0, 0.0, 0.0), alpha=0.5):
     """IMAGE [B, H, W, 3] showing the mask: tinted over `image` when given, else the mask in grey."""
     if image is None:
         return mask[..., None].expand(*mask.shape, 3).clone()
-    m = resize_mask(mask, image.shape[1:3])
+    m = resize(mask, image.shape[1:3])
     if m.shape[0] != image.shape[0]:
         m = m[:1].expand(image.shape[0], *m.shape[1:]) if m.shape[0] == 1 else m
         image = image[:1].expand(m.shape[0], *image.shape[1:]) if image.shape[0] == 1 else image

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .latent_hooks import LatentHook
+from .masks import as_mask, per_batch, resize
 
 MASKS_KEY = "blend_masks"
 MODES = ("adaptive", "fixed_mask")
@@ -74,15 +75,8 @@ def gate_sigma(model_sampling, t_mask, flow):
 
 
 def resize_mask(mask, hw, batch):
-    """A ComfyUI MASK [H, W] or [B, H, W] (pixels) -> [batch, 1, h, w] on the latent grid (area average)."""
-    m = mask.float()
-    m = m.view(1, 1, *m.shape) if m.ndim == 2 else m.unsqueeze(1) if m.ndim == 3 else m
-    if m.shape[0] not in (1, batch):
-        raise ValueError(f"mask: it has {m.shape[0]} masks but the latent batch is {batch}; give one mask or one "
-                         f"per image")
-    if tuple(m.shape[-2:]) != tuple(hw):
-        m = F.interpolate(m, size=tuple(hw), mode="area" if m.shape[-1] >= hw[-1] else "bilinear")
-    return m.expand(batch, 1, *hw).clamp(0, 1)
+    """A ComfyUI MASK [H, W] or [B, H, W] (pixels) -> [batch, 1, h, w] on the latent grid."""
+    return resize(per_batch(as_mask(mask), batch), hw)[:, None]
 
 
 def branch_rows(run, role, why):

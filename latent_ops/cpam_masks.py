@@ -7,33 +7,11 @@ Strategies for M_t (the region the edited object should occupy):
   chosen token positions, averaged over the layers and all earlier steps, normalised per image to max 1 and
   thresholded (the paper's mask refinement). Maps come from an AttentionCapture in the edit phase (run.store).
 """
-import torch
-import torch.nn.functional as F
 
 from ..attention.capture import AttentionCapture, captured_maps
+from .masks import as_mask
 
 MODES = ("source", "cross_attention", "given")
-
-
-def as_mask(mask, name):
-    """A ComfyUI MASK ([B, H, W] or [H, W]) as float [B, H, W] in [0, 1]; a clear error names the input."""
-    if not torch.is_tensor(mask) or mask.ndim not in (2, 3):
-        shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
-        raise ValueError(f"{name}: expected a MASK of shape [batch, height, width], got {shape}")
-    mask = mask[None] if mask.ndim == 2 else mask
-    return mask.float().clamp(0, 1)
-
-
-def to_grid(mask, grid):
-    """Resize a [B, H, W] mask to the token grid (h, w) -> [B, h*w]: area averaging when shrinking, nearest when
-    growing (soft values at the edges of shrunk masks)."""
-    h, w = int(grid[0]), int(grid[1])
-    m = mask[:, None].float()
-    if m.shape[-2] >= h and m.shape[-1] >= w:
-        m = F.interpolate(m, size=(h, w), mode="area")
-    else:
-        m = F.interpolate(m, size=(h, w), mode="nearest")
-    return m.reshape(m.shape[0], h * w)
 
 
 def pick(mask_tokens, index):

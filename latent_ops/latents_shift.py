@@ -5,18 +5,9 @@ z~ = std(R) * (z - mean(z)) / std(z) + mean(R), statistics per image and channel
 exactly and beta = 0 is the identity.
 """
 import torch
-import torch.nn.functional as F
+from .masks import resize
 
 EPS = 1e-5
-
-
-def mask_to_latent(mask, size):
-    """[B, H, W] mask (pixel or latent size) -> [B, 1, h, w] at latent size, values in [0, 1]."""
-    m = mask.float()[:, None]
-    if tuple(m.shape[-2:]) != tuple(size):
-        shrink = m.shape[-2] >= size[0] and m.shape[-1] >= size[1]
-        m = F.interpolate(m, size=tuple(size), mode="area" if shrink else "nearest")
-    return m.clamp(0, 1)
 
 
 def masked_stats(x, m, eps=EPS):
@@ -38,7 +29,7 @@ def latents_shift(z, mask, beta=0.25, seed=0, eps=EPS):
     if mask.shape[0] not in (1, z.shape[0]):
         raise ValueError(f"mask: it has batch {mask.shape[0]}, the inversion {z.shape[0]}; give one mask or one "
                          f"per image")
-    m = mask_to_latent(mask, z.shape[-2:]).to(z.device).expand(z.shape[0], 1, *z.shape[-2:])
+    m = resize(mask, z.shape[-2:])[:, None].to(z.device).expand(z.shape[0], 1, *z.shape[-2:])
     zf = z.float()
     r = seeded_noise(tuple(z.shape), seed).to(zf.device)
     mean_z, std_z = masked_stats(zf, m, eps)

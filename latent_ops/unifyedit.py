@@ -23,15 +23,10 @@ import torch.nn.functional as F
 
 from ..attention.attention_record import RECORD_KEY, new_record
 from .latent_hooks import LatentHook
+from .masks import to_tokens
 
 MODES = ("balanced", "normalized", "naive")
 EPS = 1e-8
-
-
-def mask_on_grid(mask, grid):
-    """mask [n or 1, H, W] (any size) -> [n or 1, h*w] area-averaged onto the token grid."""
-    m = F.adaptive_avg_pool2d(mask.float().unsqueeze(1), tuple(grid)).squeeze(1)
-    return m.flatten(1)
 
 
 def sap_loss(sa, mask=None):
@@ -42,7 +37,7 @@ def sap_loss(sa, mask=None):
     for a_src, a_tgt, grid in sa.values():
         diff2 = (a_src.detach().to(a_tgt.dtype) - a_tgt).float() ** 2
         if mask is not None:
-            m = mask_on_grid(mask, grid).to(diff2)
+            m = to_tokens(mask, grid).to(diff2)
             diff2 = diff2 * (m.unsqueeze(-1) * m.unsqueeze(-2))
         total = total + diff2.sum()
     return total / len(sa)
@@ -63,7 +58,7 @@ def caa_loss(ca, mask):
         return None
     total = 0.0
     for maps, grid in ca.values():
-        r = alignment_ratio(maps.float(), mask_on_grid(mask, grid))
+        r = alignment_ratio(maps.float(), to_tokens(mask, grid))
         total = total + (1.0 / (1.0 + r)).mean(-1).sum()
     return total / len(ca)
 

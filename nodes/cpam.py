@@ -1,7 +1,8 @@
 """CPAM nodes: self-attention preservation adaptation and localized cross-attention extraction (MODEL -> MODEL)."""
 from ..attention.cpam import LocalizedCrossAttention, SelfAttentionPreservation, self_attention_layers
 from ..attention.hooks import with_controller
-from ..latent_ops.cpam_masks import MODES, TargetMask, as_mask
+from ..latent_ops.cpam_masks import MODES, TargetMask
+from ..latent_ops.masks import as_mask
 from .inputs import CATEGORY, parse_steps
 
 _TARGET_INPUTS = {

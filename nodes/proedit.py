@@ -2,8 +2,9 @@
 import dataclasses
 
 from ..attention.hooks import model_family, with_controller
-from ..attention.kv_mix import EDIT_TYPES, KVMix as KVMixController, check_mask
-from ..latent_ops.attention_mask import (mask_from_map, overlay, resize_mask, word_attention_map,
+from ..attention.kv_mix import EDIT_TYPES, KVMix as KVMixController
+from ..latent_ops.masks import as_mask, resize
+from ..latent_ops.attention_mask import (mask_from_map, overlay, word_attention_map,
                                          word_token_positions)
 from ..latent_ops.latents_shift import latents_shift
 from .inputs import CATEGORY, INVERSION
@@ -51,7 +52,7 @@ class KVMix:
     def patch(self, model, delta, inject_steps, edit_type, kv_source, mask=None):
         model_family(model)
         if mask is not None:
-            mask = check_mask(mask)
+            mask = as_mask(mask)
         return (with_controller(model, KVMixController(mask, delta, inject_steps, edit_type, KV_SOURCES[kv_source])),)
 
 
@@ -80,7 +81,7 @@ class LatentsShift:
         }
 
     def shift(self, inversion, mask, beta, seed):
-        mask = check_mask(mask)
+        mask = as_mask(mask)
         base = inversion.target_start if inversion.target_start is not None else inversion.trajectory[0]
         return (dataclasses.replace(inversion, target_start=latents_shift(base, mask, beta, seed)),)
 
@@ -127,7 +128,7 @@ class EditMaskFromAttention:
         word_map = word_attention_map(model, samples, positive, positions)
         mask = mask_from_map(word_map, dilation)
         size = tuple(image.shape[1:3]) if image is not None else (samples.shape[-2] * 8, samples.shape[-1] * 8)
-        mask = resize_mask(mask, size).cpu()
+        mask = resize(mask, size).cpu()
         return (mask, overlay(mask, image.cpu() if image is not None else None))
 
 

@@ -60,5 +60,19 @@ echo "requests  # imported by ComfyUI's frontend manager, missing from its requi
 pip install -q -r "$here/.cache/comfy-requirements.txt"
 say "installing the pack's requirements"
 pip install -q -r "$here/requirements.txt" -r "$here/requirements-dev.txt"
+
+# The browser test (tests/test_browser.py) drives Debian's chromium through the playwright package; playwright
+# never downloads a browser of its own here. SKIP_CHROMIUM=1 skips this (the browser test then skips itself).
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+if [ -z "${SKIP_CHROMIUM:-}" ] && [ ! -x "$CHROMIUM" ]; then
+  command -v apt-get >/dev/null || { echo "$CHROMIUM is missing and apt-get is not available: install chromium yourself or set SKIP_CHROMIUM=1" >&2; exit 1; }
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  say "installing Debian's chromium (apt-get)"
+  $sudo_cmd apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q chromium
+  [ -x "$CHROMIUM" ] || { echo "apt-get installed chromium but $CHROMIUM does not exist" >&2; exit 1; }
+fi
+"$VENV/bin/python" -c "import playwright.sync_api" || { echo "playwright did not install into $VENV" >&2; exit 1; }
 "$VENV/bin/python" -c "import torch, comfy" 2>/dev/null || true
 say "done. ComfyUI: $comfy   venv: $VENV"

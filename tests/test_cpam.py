@@ -11,6 +11,7 @@ def cp(pack):
     class CP:
         cpam = pack("attention.cpam")
         masks = pack("latent_ops.cpam_masks")
+        mask_ops = pack("latent_ops.masks")
         context = pack("attention.context")
         controller = pack("attention.controller")
         run_state = pack("attention.run_state")
@@ -58,7 +59,7 @@ def block_mask(cp, value_inside=1.0):
 
 def sa(cp, source, target_mode="source", given=None, layers=("l0", "l1"), **kw):
     target = cp.masks.TargetMask(target_mode, source, given)
-    return cp.cpam.SelfAttentionPreservation(cp.masks.as_mask(source, "s"), target, layers, plain_fraction=0.0, **kw)
+    return cp.cpam.SelfAttentionPreservation(cp.mask_ops.as_mask(source, "s"), target, layers, plain_fraction=0.0, **kw)
 
 
 def test_empty_masks_background_path_is_attention_to_all_source_keys(cp):
@@ -77,7 +78,7 @@ def test_cond_and_uncond_target_rows_pair_with_their_own_source_rows(cp):
 
 def test_change_mode_combines_foreground_and_background(cp):
     source = block_mask(cp)
-    keep_obj = cp.masks.to_grid(source, GRID)[0] >= 0.5
+    keep_obj = cp.mask_ops.to_tokens(source, GRID)[0] >= 0.5
     for retain, step in ((False, 5), (True, 5), (True, 2)):
         call = make_call(cp, step=step)
         out = apply(cp, sa(cp, source, layers=tuple(f"l{i}" for i in range(10)), retain_object=retain,
@@ -100,7 +101,7 @@ def test_object_retention_respects_step_and_layer_thresholds(cp):
 
 def test_removal_mode_puts_zero_probability_on_object_keys(cp):
     source = block_mask(cp)
-    obj = cp.masks.to_grid(source, GRID)[0] >= 0.5
+    obj = cp.mask_ops.to_tokens(source, GRID)[0] >= 0.5
     call = make_call(cp)
     out = apply(cp, sa(cp, source, mode="remove"), call)
     want, probs = explicit(call.q[1:2], call.k[0:1], call.v[0:1], ~obj)
@@ -139,7 +140,7 @@ def test_localized_extraction_call_level(cp, value):
 
 def test_joint_attention_restricts_image_keys_and_swaps_text(cp):
     source = block_mask(cp)
-    obj = cp.masks.to_grid(source, GRID)[0] >= 0.5
+    obj = cp.mask_ops.to_tokens(source, GRID)[0] >= 0.5
     call = make_call(cp, kind="joint", roles=("source", "target", "aux"))
     t = cp.masks.TargetMask("source", torch.zeros(1, 8, 8))
     chain = (cp.cpam.SelfAttentionPreservation(source, t, ("l0",), mode="remove", plain_fraction=0.0),
@@ -157,9 +158,9 @@ def test_joint_attention_restricts_image_keys_and_swaps_text(cp):
 def test_mask_resize_to_token_grid(cp):
     m = torch.zeros(1, 128, 128)
     m[:, :64] = 1.0
-    g = cp.masks.to_grid(m, (4, 4)).view(4, 4)
+    g = cp.mask_ops.to_tokens(m, (4, 4)).view(4, 4)
     assert torch.equal(g[:2], torch.ones(2, 4)) and torch.equal(g[2:], torch.zeros(2, 4))
-    assert cp.masks.to_grid(torch.ones(1, 2, 2), (4, 4)).shape == (1, 16)
+    assert cp.mask_ops.to_tokens(torch.ones(1, 2, 2), (4, 4)).shape == (1, 16)
 
 
 def _editor(cp, fixtures, model):

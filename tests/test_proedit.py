@@ -18,6 +18,7 @@ def pe(pack):
         inversion = pack("latent_ops.inversion")
         edit = pack("latent_ops.edit")
         shift = pack("latent_ops.latents_shift")
+        masks = pack("latent_ops.masks")
         amask = pack("latent_ops.attention_mask")
         nodes = pack("nodes.proedit")
     return PE
@@ -172,7 +173,7 @@ def test_mask_is_resized_to_each_token_grid(pe):
     mask = torch.zeros(1, 128, 128)
     mask[:, :64, :] = 1.0
     for grid in ((16, 16), (8, 8), (4, 4)):
-        m = pe.kv_mix.mask_to_grid(mask, grid).view(grid)
+        m = pe.masks.to_tokens(mask, grid).view(grid)
         assert torch.equal(m[: grid[0] // 2], torch.ones(grid[0] // 2, grid[1]))
         assert torch.equal(m[grid[0] // 2:], torch.zeros(grid[0] // 2, grid[1]))
 

@@ -46,7 +46,7 @@ def test_caa_loss_matches_hand_computation(ue):
     maps = torch.tensor([[[0.6, 0.1], [0.2, 0.1], [0.1, 0.3], [0.1, 0.3]]])  # [n=1, L=4, T=2]
     mask = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])  # tokens 0, 1 inside
     # token 0: inside mean 0.4, outside 0.1 -> R 4; token 1: inside 0.1, outside 0.3 -> R 1/3
-    r = ue.ops.alignment_ratio(maps, ue.ops.mask_on_grid(mask, (2, 2)))
+    r = ue.ops.alignment_ratio(maps, ue.ops.to_tokens(mask, (2, 2)))
     torch.testing.assert_close(r, torch.tensor([[4.0, 1 / 3]]))
     expected = (1 / (1 + 4) + 1 / (1 + 1 / 3)) / 2
     assert ue.ops.caa_loss({"l": (maps, (2, 2))}, mask).item() == pytest.approx(expected)

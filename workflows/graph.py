@@ -18,6 +18,7 @@ class Graph:
     def add(self, class_type, title=None, **inputs):
         node_id = str(len(self.prompt) + 1)
         self.prompt[node_id] = {"class_type": class_type, "inputs": inputs}
-        if title:
+        if title:  # the UI title, also in the API prompt as ComfyUI's frontend writes it (scripts find nodes by it)
             self.titles[node_id] = title
+            self.prompt[node_id]["_meta"] = {"title": title}
         return Node(node_id)
