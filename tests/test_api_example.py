@@ -50,7 +50,6 @@ def test_prepare_without_titles_uses_the_first_two_encoders_and_rejects_ui_forma
         api_example.prepare(prompt, "x.png")
 
 
-@pytest.mark.skipif(not WEIGHTS.exists(), reason=f"{WEIGHTS.name} not trained yet (embedded/README.md)")
 def test_script_edits_a_new_image_through_a_local_server(tmp_path):
     from PIL import Image, ImageDraw
     image = Image.new("RGB", (64, 64), (30, 60, 200))

@@ -84,8 +84,8 @@ def _only_loopback(route):
 def page():
     """The ComfyUI web UI, ready (app + node definitions loaded), in headless Chromium; yields (page, log)."""
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} missing: run scripts/setup.sh (installs Debian's chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright missing: run scripts/setup.sh")
+        pytest.fail(f"{CHROMIUM} missing: run scripts/setup.sh (installs Debian's chromium)")
+    from playwright import sync_api  # installed by scripts/setup.sh
     profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
     log = {"console": [], "page": [], "blocked": []}
     with ComfyServer(frontend=True, threads=1) as server, sync_api.sync_playwright() as pw:

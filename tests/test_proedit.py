@@ -3,7 +3,6 @@ attention (planted maps, tokenizer positions, nodes), a full graph, and clear er
 import pytest
 import torch
 
-from test_attention_core import Recorder
 
 
 @pytest.fixture(scope="module")
