@@ -60,7 +60,7 @@ def test_api_workflows_validate(comfy, built):
         assert valid[0], (name, valid[1], valid[3])
 
 
-@pytest.mark.parametrize("name", ["invert_edit_embedded_unet", "invert_edit_embedded_flux"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (WORKFLOWS / "api").glob("*embedded*.json")))
 def test_embedded_api_workflow_runs(comfy, built, tmp_path, name):
     import folder_paths
     folder_paths.set_output_directory(str(tmp_path))
