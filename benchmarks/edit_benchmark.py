@@ -72,6 +72,8 @@ def run(denoisers, method_names, cases, steps, out_path):
     results = {}
     for denoiser in denoisers:
         for name in method_names:
+            if denoiser == "flux" and name in edit_methods.UNET_ONLY:
+                continue
             rows = []
             start = time.perf_counter()
             for case in chosen:

@@ -8,6 +8,7 @@ import build as workflows  # noqa: I001 (workflows/ is on sys.path)
 from graph import Graph
 
 CFG = {"unet": 4.0, "flux": 3.0}
+UNET_ONLY = {"unifyedit"}  # see workflows/build.py UNET_ONLY
 
 
 def _graph(denoiser, case, image_name, steps, patch=None, invert_with="source", target_with="target",
