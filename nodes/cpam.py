@@ -29,16 +29,20 @@ def _target(model_key, mode, source_mask, target_mask, mask_tokens, mask_after_s
                       key=f"cpam_target_maps_{model_key}")
 
 
-class CPAMSelfAttentionPreservation:
+class _ModelPatch:
+    """What both CPAM nodes share: MODEL in, patched MODEL clone out."""
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("A patched copy of the model; the input MODEL is unchanged.",)
+    FUNCTION = "patch"
+
+
+class CPAMSelfAttentionPreservation(_ModelPatch):
     DESCRIPTION = ("CPAM preservation adaptation: in the edit sampler's target branch, self-attention of background "
                    "queries reads the source image's background (keys outside the source mask), object queries read "
                    "the source object (retain_object, after step T and layer L) or generate freely; 'remove' makes "
                    "every query read only the source background. U-Net: self-attention layers; Flux: the image keys "
                    "of joint attention. Connect the result to the Edit Sampler.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("A patched copy of the model; the input MODEL is unchanged.",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -78,16 +82,12 @@ class CPAMSelfAttentionPreservation:
         return (with_controller(model, controller),)
 
 
-class CPAMLocalizedCrossAttention:
+class CPAMLocalizedCrossAttention(_ModelPatch):
     DESCRIPTION = ("CPAM localized extraction: in the edit sampler's target branch, image queries inside the target "
                    "mask attend to the target prompt, the others to the empty prompt, so only the masked region "
                    "follows the edit. The empty prompt's K/V come from the Edit Sampler's aux branch: connect an "
                    "empty-prompt CONDITIONING to its aux_positive. U-Net: cross-attention; Flux: the text keys of "
                    "joint attention.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("A patched copy of the model; the input MODEL is unchanged.",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls):

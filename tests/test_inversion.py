@@ -4,6 +4,7 @@ import torch
 
 from gaussian import MU, S, gaussian_model
 from test_attention_core import Recorder
+from graphs import tiny_inputs
 
 FLOW_SOLVERS = ["euler", "rf_solver", "fireflow"]
 
@@ -102,11 +103,7 @@ def test_controllers_receive_branch_roles(ops, fixtures, kind, cfg):
 @pytest.mark.parametrize("kind", ["sd15", "sd15_v", "sdxl", "flux"])
 def test_invert_and_edit_graph_runs(run, kind):
     prompt = {
-        "1": {"class_type": "TinyTestModel", "inputs": {"kind": kind, "seed": 0}},
-        "2": {"class_type": "TinyTestConditioning", "inputs": {"text": "a red circle"}},
-        "3": {"class_type": "TinyTestConditioning", "inputs": {"text": "a blue circle"}},
-        "4": {"class_type": "TinyTestConditioning", "inputs": {"text": ""}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        **tiny_inputs(kind),
         "6": {"class_type": "AttentionEditInvert", "inputs": {
             "model": ["1", 0], "latent": ["5", 0], "positive": ["2", 0], "steps": 3, "scheduler": "simple",
             "solver": "auto", "cfg": 1.0}},

@@ -2,7 +2,7 @@
 attention (planted maps, tokenizer positions, nodes), a full graph, and clear errors."""
 import pytest
 import torch
-
+from graphs import tiny_inputs
 
 
 @pytest.fixture(scope="module")
@@ -322,11 +322,7 @@ def test_mask_node_on_tiny_models(pe, fixtures, kind):
 @pytest.mark.parametrize("kind", ["sd15", "flux"])
 def test_proedit_graph_runs(run, kind):
     prompt = {
-        "1": {"class_type": "TinyTestModel", "inputs": {"kind": kind, "seed": 0}},
-        "2": {"class_type": "TinyTestConditioning", "inputs": {"text": "a red circle"}},
-        "3": {"class_type": "TinyTestConditioning", "inputs": {"text": "a blue circle"}},
-        "4": {"class_type": "TinyTestConditioning", "inputs": {"text": ""}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        **tiny_inputs(kind),
         "6": {"class_type": "AttentionEditInvert", "inputs": {
             "model": ["1", 0], "latent": ["5", 0], "positive": ["2", 0], "steps": 3, "scheduler": "simple",
             "solver": "auto", "cfg": 1.0, "capture_steps": "0-1", "cache_kv": True, "cache_dtype": "float32"}},

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from test_inversion import source_latent
+from graphs import tiny_inputs
 
 
 @pytest.fixture(scope="module")
@@ -252,11 +253,7 @@ def test_blend_needs_the_branches_it_names(uam, fixtures):
 @pytest.mark.parametrize("kind", ["sd15", "flux"])
 def test_invert_uniform_patch_blend_edit_graph_runs(run, kind):
     prompt = {
-        "1": {"class_type": "TinyTestModel", "inputs": {"kind": kind, "seed": 0}},
-        "2": {"class_type": "TinyTestConditioning", "inputs": {"text": "a red circle"}},
-        "3": {"class_type": "TinyTestConditioning", "inputs": {"text": "a blue circle"}},
-        "4": {"class_type": "TinyTestConditioning", "inputs": {"text": ""}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        **tiny_inputs(kind),
         "8": {"class_type": "AttentionEditUniformAttnPatch", "inputs": {
             "model": ["1", 0], "branches": "aux", "during_inversion": True}},
         "9": {"class_type": "AttentionEditBlend", "inputs": {
