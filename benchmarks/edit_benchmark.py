@@ -40,11 +40,8 @@ def write_case_images(cases):
 
 def clip_scorer():
     """Domain-CLIP similarity(image, prompt) if its weights are shipped, else None."""
-    try:
-        from embedded import domain_clip_score
-        return domain_clip_score.scorer()
-    except Exception:  # noqa: BLE001 - the score column is optional
-        return None
+    from embedded import domain_clip, paths
+    return domain_clip.scorer() if Path(paths.DOMAIN_CLIP).exists() else None
 
 
 def score(case, edited, recon, scorer):

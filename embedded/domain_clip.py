@@ -96,3 +96,15 @@ def save(model, path, meta=None):
     from safetensors.torch import save_file
     save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}, path,
               metadata={"info": json.dumps(meta or {})})
+
+
+def scorer(path=None):
+    """score(image [H, W, 3] numpy in [0, 1], prompt) -> cosine similarity with the shipped domain CLIP."""
+    from . import paths, text_encoder
+    model, clip = load(path or paths.DOMAIN_CLIP), text_encoder.build_clip()
+
+    @torch.no_grad()
+    def score(image, prompt):
+        tokens, _ = text_encoder.encode(clip, [prompt])
+        return float(model.similarity(torch.as_tensor(image, dtype=torch.float32)[None], tokens.float()))
+    return score
