@@ -168,6 +168,17 @@ def unifyedit_edit(backbone):
     return edit_workflow(backbone, "unifyedit", unifyedit_patch)
 
 
+def region_proedit_patch(g, ctx):
+    """Instruction-driven edit region (Learnable Region Mask, embedded domain encoders) feeding ProEdit's KV-mix."""
+    mask = g.add("AttentionEditLearnableRegionMask", image=ctx["image"], instruction="make the red circle yellow",
+                 mode="trained", threshold=0.5, weights="")[0]
+    return proedit_patch(g, {**ctx, "mask": mask})
+
+
+def region_proedit_edit(backbone):
+    return edit_workflow(backbone, "region_mask_proedit", region_proedit_patch)
+
+
 def cpam_edit(backbone):
     return edit_workflow(backbone, "cpam", cpam_patch, aux=True, invert_empty=True)
 
@@ -175,11 +186,13 @@ def cpam_edit(backbone):
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
              "flux_dev": "flux"}
 TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit,
-              "proedit": proedit_edit, "unifyedit": unifyedit_edit}
+              "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit}
+EMBEDDED_ONLY = {"region_mask_proedit"}  # the shipped region predictor is trained on the shapes domain only
 UNET_ONLY = {"unifyedit"}  # ComfyUI's Flux blocks update residuals in place, which blocks latent gradients
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
-             if not (t in UNET_ONLY and backbone.endswith("flux"))}
+             if not (t in UNET_ONLY and backbone.endswith("flux"))
+             and not (t in EMBEDDED_ONLY and not backbone.startswith("embedded"))}
 
 
 def embedded(name):
