@@ -3,7 +3,7 @@ from ..attention.cpam import LocalizedCrossAttention, SelfAttentionPreservation,
 from ..attention.hooks import with_controller
 from ..latent_ops.cpam_masks import MODES, TargetMask
 from ..latent_ops.masks import as_mask
-from .inputs import CATEGORY, parse_steps
+from .inputs import ModelPatchNode, parse_steps
 
 _TARGET_INPUTS = {
     "target_mask_mode": (list(MODES), {"default": "source", "tooltip": "How the target mask M_t (where the edited "
@@ -29,12 +29,8 @@ def _target(model_key, mode, source_mask, target_mask, mask_tokens, mask_after_s
                       key=f"cpam_target_maps_{model_key}")
 
 
-class _ModelPatch:
-    """What both CPAM nodes share: MODEL in, patched MODEL clone out."""
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
+class _ModelPatch(ModelPatchNode):
     OUTPUT_TOOLTIPS = ("A patched copy of the model; the input MODEL is unchanged.",)
-    FUNCTION = "patch"
 
 
 class CPAMSelfAttentionPreservation(_ModelPatch):

@@ -20,3 +20,10 @@ def parse_steps(text, total=None, name="steps"):
     if total is not None and any(s < 0 or s >= total for s in chosen):
         raise ValueError(f"{name}: step indices must lie in 0..{total - 1} for {total} steps, got {sorted(chosen)}")
     return chosen
+
+
+class ModelPatchNode:
+    """What every MODEL -> MODEL technique node shares: the category, one MODEL output, the `patch` method."""
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"

@@ -7,12 +7,12 @@ from ..latent_ops.masks import as_mask, resize
 from ..latent_ops.attention_mask import (mask_from_map, overlay, word_attention_map,
                                          word_token_positions)
 from ..latent_ops.latents_shift import latents_shift
-from .inputs import CATEGORY, INVERSION
+from .inputs import CATEGORY, INVERSION, ModelPatchNode
 
 KV_SOURCES = {"batch": "batch", "inversion cache": "cache"}
 
 
-class KVMix:
+class KVMix(ModelPatchNode):
     DESCRIPTION = ("ProEdit KV-mix. During the first inject steps of the Edit Sampler, the target branch's image "
                    "keys and values become delta*target + (1-delta)*source inside the edit mask and the source's "
                    "outside it (text K/V and all queries stay the target's). Flux-family MMDiT: every double and "
@@ -20,11 +20,8 @@ class KVMix:
                    "self-attention layer (cross-attention keeps the target prompt). Edit types: change/remove mix "
                    "inside the mask; style mixes everywhere (mask not needed); add mixes everywhere except the mask, "
                    "which keeps source K/V.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The MODEL with KV-mix; connect it to the Edit Sampler (and nowhere the source is inverted "
                        "if you use 'batch').",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -7,22 +7,19 @@ from ..attention.uniform import BRANCH_CHOICES, UniformAttention
 from ..latent_ops.blend import MODES, ROLES, BlendHook, adaptive_mask, gate_sigma
 from ..latent_ops.guided_loop import is_flow
 from ..latent_ops.latent_hooks import with_latent_hook
-from .inputs import CATEGORY
+from .inputs import CATEGORY, ModelPatchNode
 
 # VAE downscale of every supported family (SD1.x/2.x/SDXL/Flux): MASK outputs are at latent size x 8.
 PIXELS_PER_LATENT = 8
 
 
-class UniformAttnPatch:
+class UniformAttnPatch(ModelPatchNode):
     DESCRIPTION = ("Uniform Attention Maps: on the chosen branches every text-attention map becomes the constant 1/N "
                    "over the N text tokens (U-Net cross-attention: the output is the mean of V, independent of the "
                    "image). Flux/MMDiT (our extension): image queries keep their total attention to the text but "
                    "spread it evenly over the text tokens. Self-attention is untouched. Connect the patched MODEL to "
                    "Invert and the Edit Sampler (add aux_positive, usually an empty prompt, for the aux branch).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The MODEL with uniform text attention on the chosen branches (the input is not changed).",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -39,16 +36,13 @@ class UniformAttnPatch:
         return (with_controller(model, UniformAttention(branches, during_inversion)),)
 
 
-class Blend:
+class Blend(ModelPatchNode):
     DESCRIPTION = ("Mask-guided blending of the predicted clean latents between Edit Sampler branches. adaptive "
                    "(UAM): where target and source predictions differ (above threshold_scale x the quantile of the "
                    "difference, the quantile ramping up to `quantile` over the steps, dilated) the branch keeps its "
                    "content; elsewhere it takes the fill branch (aux: the uniform-attention reconstruction), during "
                    "the steps below T_mask. fixed_mask: the same with a given MASK (1 keeps the branch).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The MODEL carrying the blend for the Edit Sampler (the input is not changed).",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls):

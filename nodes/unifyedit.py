@@ -6,7 +6,7 @@ from ..attention.attention_record import SCALES, AttentionRecord
 from ..attention.hooks import model_family, with_controller
 from ..latent_ops.latent_hooks import with_latent_hook
 from ..latent_ops.unifyedit import MODES, UnifyEditConfig, UnifyEditHook, grad_ready
-from .inputs import CATEGORY
+from .inputs import ModelPatchNode
 
 
 def _ids(clip, text):
@@ -46,17 +46,14 @@ def parse_edit_tokens(text, clip=None, prompt=""):
     return token_positions(clip, prompt, items)
 
 
-class SAPreserveOptimizer:
+class SAPreserveOptimizer(ModelPatchNode):
     DESCRIPTION = ("UnifyEdit: before each of the first steps of the Edit Sampler, moves the target branch's latent "
                    "along gradients (through the model) of a self-attention preservation loss (target self-attention "
                    "= source self-attention: structure fidelity) and a cross-attention alignment loss (the edit "
                    "words attend inside the edit region: editability). The balanced mode weighs them with an "
                    "adaptive timestep scheduler: preservation rises over the steps, alignment falls. "
                    "Connect the output MODEL to the Edit Sampler (source + target branches).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The model with the optimiser attached (a patched clone; the input MODEL is unchanged).",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls):

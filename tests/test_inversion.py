@@ -182,3 +182,12 @@ def test_interruption_is_honoured(ops, fixtures):
             ops.inversion.invert(fixtures.tiny_model("sd15"), source_latent(), pos, steps=3)
     finally:
         nodes.interrupt_processing(False)
+
+
+def test_start_latent_of_another_resolution_is_refused(ops, fixtures):
+    model = fixtures.tiny_model("sd15")
+    pos = fixtures.tiny_conditioning("a")
+    inv = ops.inversion.invert(model, source_latent(), pos, steps=2)
+    wrong = torch.zeros(1, 4, 24, 24)
+    with pytest.raises(ValueError, match=r"target start latent has shape \(1, 4, 24, 24\), the inversion \(1, 4, 16, 16\)"):
+        ops.edit.edit(model, inv, [ops.edit.Branch("target", pos, 1.0, start=wrong)])
