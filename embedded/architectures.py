@@ -57,15 +57,16 @@ def unet_config(context_dim=32, model_channels=32, channel_mult=(1, 2), head_cha
 
 
 def flux_config(context_dim=32, pooled_dim=32, hidden_size=64, heads=4, double_blocks=2, single_blocks=2,
-                guidance_embed=True):
-    """A Flux-architecture MMDiT config (2x2 patches over a 4-channel latent)."""
+                guidance_embed=True, patch_size=2):
+    """A Flux-architecture MMDiT config over a 4-channel latent (FLUX.1 uses 2x2 patches; 1 gives one token per
+    latent cell)."""
     head_dim = hidden_size // heads
     axes = [head_dim - 2 * (head_dim // 8 * 3), head_dim // 8 * 3, head_dim // 8 * 3]
     return {
         "image_model": "flux", "in_channels": 4, "out_channels": 4, "vec_in_dim": pooled_dim,
         "context_in_dim": context_dim, "hidden_size": hidden_size, "mlp_ratio": 4.0, "num_heads": heads,
         "depth": double_blocks, "depth_single_blocks": single_blocks, "axes_dim": axes, "theta": 10000,
-        "patch_size": 2, "qkv_bias": True, "guidance_embed": guidance_embed, "dtype": torch.float32,
+        "patch_size": patch_size, "qkv_bias": True, "guidance_embed": guidance_embed, "dtype": torch.float32,
     }
 
 

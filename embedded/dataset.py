@@ -25,6 +25,14 @@ COLORS = list(PALETTE)
 SHAPES = ["circle", "square", "triangle"]
 SUPERSAMPLE = 4  # anti-aliasing: coverage is averaged over SUPERSAMPLE^2 sub-pixels
 
+# Object radii (fraction of the image side) of each data version: (single object, each of two objects).
+# Version 2 makes single objects span 3-5 cells of the 8x8 latent so their shape type survives the 8x
+# downsampling (with version 1 the denoisers drew colour-correct blobs). Version 1 is kept for the first
+# training stages, so the whole chain stays reproducible.
+RADII = {1: ((0.13, 0.26), (0.1, 0.18)), 2: ((0.2, 0.33), (0.13, 0.2))}
+DATA_VERSION = 2
+SINGLE_RADIUS, PAIR_RADIUS = RADII[DATA_VERSION]
+
 HELD_OUT_SEED = 1234
 HELD_OUT_COUNT = 24
 
@@ -118,7 +126,7 @@ def held_out_prompts():
     return [caption({"background": b, "objects": [{"shape": s, "color": c}]}) for s, c, b in held_out_triples()]
 
 
-def _random_object(rng, shape, color, r_range=(0.13, 0.26)):
+def _random_object(rng, shape, color, r_range=SINGLE_RADIUS):
     r = float(rng.uniform(*r_range))
     cx = float(rng.uniform(r + 0.03, 1 - r - 0.03))
     cy = float(rng.uniform(r + 0.03, 1 - r - 0.03))
@@ -129,7 +137,7 @@ def _overlaps(a, b, margin=0.03):
     return abs(a["cx"] - b["cx"]) < a["r"] + b["r"] + margin and abs(a["cy"] - b["cy"]) < a["r"] + b["r"] + margin
 
 
-def random_spec(rng, two_prob=0.3, exclude=None):
+def random_spec(rng, two_prob=0.3, exclude=None, version=DATA_VERSION):
     """A random scene spec; `exclude` is a set of (shape, colour, background) triples that no object may form."""
     exclude = exclude or set()
     n_obj = 2 if rng.random() < two_prob else 1
@@ -141,7 +149,7 @@ def random_spec(rng, two_prob=0.3, exclude=None):
             color = COLORS[rng.integers(len(COLORS))]
             if color == bg or (shape, color, bg) in exclude:
                 break
-            r_range = (0.13, 0.26) if n_obj == 1 else (0.1, 0.18)
+            r_range = RADII[version][0 if n_obj == 1 else 1]
             for _ in range(50):
                 obj = _random_object(rng, shape, color, r_range)
                 if not any(_overlaps(obj, o) for o in objs):
@@ -154,7 +162,7 @@ def random_spec(rng, two_prob=0.3, exclude=None):
             return {"background": bg, "objects": objs}
 
 
-def make_dataset(n, seed=0, size=64, two_prob=0.3, held_out=True):
+def make_dataset(n, seed=0, size=64, two_prob=0.3, held_out=True, version=DATA_VERSION):
     """n training scenes: (images uint8 [n,size,size,3], captions list[str], specs list[dict]).
 
     Deterministic from the seed; with held_out=True no object forms a held-out triple."""
@@ -163,7 +171,7 @@ def make_dataset(n, seed=0, size=64, two_prob=0.3, held_out=True):
     images = np.empty((n, size, size, 3), np.uint8)
     captions, specs = [], []
     for i in range(n):
-        spec = random_spec(rng, two_prob, exclude)
+        spec = random_spec(rng, two_prob, exclude, version)
         img, _ = render_scene(spec, size)
         images[i] = np.round(img * 255.0).astype(np.uint8)
         captions.append(caption(spec))

@@ -4,13 +4,14 @@ UNET = {
     "kind": "unet",
     "config": {"context_dim": 384, "model_channels": 64, "channel_mult": [1, 2, 2], "head_channels": 32, "depth": 1},
     "prediction": "eps",
-    "sampler": {"sampler_name": "euler", "scheduler": "normal", "steps": 20, "cfg": 4.0},
+    # chosen by a sampler sweep on the final weights (euler/normal 20 cfg 4: 85%, euler_ancestral 30 cfg 3: 92%)
+    "sampler": {"sampler_name": "euler_ancestral", "scheduler": "normal", "steps": 30, "cfg": 3.0},
 }
 
 FLUX = {
     "kind": "flux",
     "config": {"context_dim": 384, "pooled_dim": 384, "hidden_size": 192, "heads": 4, "double_blocks": 3,
-               "single_blocks": 3, "guidance_embed": False},
+               "single_blocks": 3, "guidance_embed": False, "patch_size": 1},
     "shift": 1.0,
     "sampler": {"sampler_name": "euler", "scheduler": "simple", "steps": 20, "cfg": 3.0},
 }

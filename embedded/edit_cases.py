@@ -24,6 +24,11 @@ class EditCase:
     def target_prompt(self):
         return dataset.caption(self.target)
 
+    @property
+    def instruction(self):
+        """The edit as an instruction for the Learnable Region Mask, e.g. 'make the red circle yellow'."""
+        return edit_instruction(self.source, self.target)
+
     def masks(self, size=64):
         """(edit mask, keep mask) as float arrays [size, size]: where the edit happens and what must not change."""
         _, src_masks = dataset.render_scene(self.source, size)
@@ -32,12 +37,37 @@ class EditCase:
             objects = np.clip(src_masks.sum(0), 0, 1)
             edit = 1.0 - dilate(objects > 0.05, 1).astype(np.float32)
             return edit, erode(objects > 0.5, 1).astype(np.float32)
-        changed = [m for i, m in enumerate(src_masks) if i >= len(self.target["objects"])
-                   or self.source["objects"][i] != self.target["objects"][i]]
-        changed += [m for i, m in enumerate(tgt_masks) if i >= len(self.source["objects"])
-                    or self.source["objects"][i] != self.target["objects"][i]]
+        # an object changed when the other scene has no identical object (order-free: removal/addition of
+        # the left object shifts the indices of the rest)
+        changed = [m for o, m in zip(self.source["objects"], src_masks) if o not in self.target["objects"]]
+        changed += [m for o, m in zip(self.target["objects"], tgt_masks) if o not in self.source["objects"]]
         edit = np.clip(np.sum(changed, axis=0), 0, 1) if changed else np.zeros((size, size), np.float32)
         return edit, 1.0 - dilate(edit > 0.05, 2).astype(np.float32)
+
+
+def edit_instruction(source, target):
+    """A template instruction for the edit source scene -> target scene (the phrasings the region predictor was
+    trained on, embedded/train_region_predictor.py): 'make the background green', 'make the red circle yellow',
+    'turn the orange circle into a square', 'remove the square' (colour added when the shape is not unique),
+    'add a yellow triangle'."""
+    if source["background"] != target["background"]:
+        return f"make the background {target['background']}"
+    gone = [o for o in source["objects"] if o not in target["objects"]]
+    new = [o for o in target["objects"] if o not in source["objects"]]
+    if len(gone) == 1 and len(new) == 1:
+        old, now = gone[0], new[0]
+        if old["shape"] != now["shape"]:
+            return f"turn the {old['color']} {old['shape']} into {dataset.article(now['shape'])} {now['shape']}"
+        return f"make the {old['color']} {old['shape']} {now['color']}"
+    if len(gone) == 1 and not new:
+        o = gone[0]
+        unique = sum(p["shape"] == o["shape"] for p in source["objects"]) == 1
+        return f"remove the {o['shape']}" if unique else f"remove the {o['color']} {o['shape']}"
+    if len(new) == 1 and not gone:
+        o = new[0]
+        return f"add {dataset.article(o['color'])} {o['color']} {o['shape']}"
+    raise ValueError(f"no template instruction for this edit: {len(gone)} objects changed or removed, "
+                     f"{len(new)} changed or added")
 
 
 def dilate(mask, pixels):

@@ -50,11 +50,11 @@ def build_denoiser(spec, state_dict=None, seed=0):
     raise ValueError(f"unknown denoiser kind {spec['kind']!r}")
 
 
-def load_model(denoiser="unet"):
-    """The trained denoiser ('unet' or 'flux') as a ModelPatcher."""
+def load_model(denoiser="unet", path=None):
+    """The trained denoiser ('unet' or 'flux') as a ModelPatcher; path overrides the shipped weights file."""
     if denoiser not in DENOISERS:
         raise ValueError(f"denoiser must be one of {DENOISERS}, got {denoiser!r}")
-    path = paths.UNET if denoiser == "unet" else paths.FLUX
+    path = path or (paths.UNET if denoiser == "unet" else paths.FLUX)
     if not os.path.exists(path):
         raise missing_weights_error(path)
     sd = {k: v.float() for k, v in comfy.utils.load_torch_file(path, safe_load=True).items()}

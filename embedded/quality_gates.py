@@ -90,6 +90,9 @@ def main():
     ap.add_argument("--seen", action="store_true",
                     help="diagnostic: also score 24 single-object combos that training did show")
     ap.add_argument("--progress", action="store_true", help="show ComfyUI's sampler progress bars")
+    ap.add_argument("--unet", default=paths.UNET, help="U-Net weights to gate (default: the shipped ones)")
+    ap.add_argument("--flux", default=paths.FLUX, help="Flux weights to gate (default: the shipped ones)")
+    ap.add_argument("--vae", default=paths.AUTOENCODER, help="autoencoder to gate (default: the shipped one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import comfy.utils
@@ -97,7 +100,7 @@ def main():
     results, ok = {}, True
     with torch.inference_mode():
         t0 = time.time()
-        vae = loader.load_vae()
+        vae = loader.load_vae(args.vae)
         psnr = autoencoder_psnr(vae)
         results["autoencoder_psnr_db"] = psnr
         ok &= psnr >= PSNR_GATE
@@ -107,8 +110,9 @@ def main():
         prompts = dataset.held_out_prompts()
         for name in args.denoisers:
             t0 = time.time()
-            model = loader.load_model(name)
-            spec = loader.read_metadata(paths.UNET if name == "unet" else paths.FLUX)
+            weights = args.unet if name == "unet" else args.flux
+            model = loader.load_model(name, weights)
+            spec = loader.read_metadata(weights)
             sampler = spec.get("sampler", denoiser_specs.SPECS[name]["sampler"])
             imgs = sample_prompts(model, clip, vae, prompts, args.per_prompt, args.seed, sampler)
             r = score(prompts, imgs)

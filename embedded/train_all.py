@@ -1,16 +1,25 @@
-"""Train every embedded model in order, then print the quality gates. Seeded; about 2 hours on one CPU core.
+"""Train every embedded model in order, then print the quality gates. Seeded; about 4 hours on one CPU core
+(stages of the same round can run in parallel on two cores, as they were).
 
     OMP_NUM_THREADS=1 python -m embedded.train_all [--skip STAGE ...]
 
-1. ae1:     autoencoder, encoder + decoder (1600 steps on 32x32 crops + 250 on 64x64)
-2. unet1:   U-Net pre-training on the ae1 latents (1500 steps)
-3. ae2:     joint autoencoder fine-tuning with latent-noise augmentation (robust, smoother latent space)
-4. unet2:   U-Net fine-tuning on the ae2 latents (900 steps)              -> weights/shapes_unet.safetensors
-5. flux:    Flux from scratch on the ae2 latents (1000 steps)             -> weights/shapes_flux.safetensors
-6. decoder: decoder-only fine-tuning (latent space unchanged)             -> weights/shapes_taesd.safetensors
-7. clip:    domain CLIP                                                   -> weights/shapes_clip.safetensors
-8. quality gates (exit status 1 if one fails)
-Intermediate weights go to /tmp/embedded_stages/.
+Round 1 (data version 1: objects of radius 0.13-0.26; shapes came out as blobs):
+ 1. ae1:     autoencoder, encoder + decoder (1600 steps on 32x32 crops + 250 on 64x64)
+ 2. unet1:   U-Net pre-training on the ae1 latents (1500 steps)
+ 3. ae2:     joint autoencoder fine-tuning with latent-noise augmentation (robust, smoother latent space)
+ 4. unet2:   U-Net fine-tuning on the ae2 latents (900 steps)
+ 5. flux1:   Flux (2x2 patches) from scratch on the ae2 latents (1000 steps)
+ 6. decoder: decoder-only fine-tuning (latent space unchanged)
+ 7. clip:    domain CLIP                                                   -> weights/shapes_clip.safetensors
+Round 2 (data version 2: single objects of radius 0.2-0.33, 3-5 latent cells; same latent space):
+ 8. unet3:   U-Net fine-tuning, 1500 steps
+ 9. unet4:   U-Net fine-tuning, 800 more steps at half the rate           -> weights/shapes_unet.safetensors
+10. flux2:   Flux (2x2 patches) fine-tuning, 1500 steps
+11. flux3:   Flux re-patched to 1x1 patches (8x8 image tokens) and trained on -> weights/shapes_flux.safetensors
+12. decoder2: decoder-only fine-tuning on version-2 scenes                -> weights/shapes_taesd.safetensors
+13. quality gates (exit status 1 if one fails)
+Intermediate weights go to /tmp/embedded_stages/. The region predictor has its own script
+(embedded/train_region_predictor.py, see embedded/README.md).
 """
 import argparse
 import os
@@ -21,19 +30,34 @@ import time
 from . import paths
 
 T = "/tmp/embedded_stages"
+V1 = ["--data-version", "1"]
 STAGES = [
-    ("ae1", ["embedded.train_autoencoder", "--out", f"{T}/ae1.safetensors"]),
-    ("unet1", ["embedded.train_denoiser", "--model", "unet", "--vae", f"{T}/ae1.safetensors",
+    ("ae1", ["embedded.train_autoencoder", *V1, "--out", f"{T}/ae1.safetensors"]),
+    ("unet1", ["embedded.train_denoiser", "--model", "unet", *V1, "--vae", f"{T}/ae1.safetensors",
                "--out", f"{T}/unet1.safetensors"]),
-    ("ae2", ["embedded.train_autoencoder", "--init", f"{T}/ae1.safetensors", "--crop-steps", "0", "--full-steps", "450",
-             "--lr", "3e-4", "--warmup", "20", "--latent-noise", "0.4", "--seed", "2", "--out", f"{T}/ae2.safetensors"]),
-    ("unet2", ["embedded.train_denoiser", "--model", "unet", "--vae", f"{T}/ae2.safetensors", "--init",
-               f"{T}/unet1.safetensors", "--steps", "900", "--lr", "3e-4", "--out", paths.UNET]),
-    ("flux", ["embedded.train_denoiser", "--model", "flux", "--vae", f"{T}/ae2.safetensors", "--steps", "1000",
-              "--out", paths.FLUX]),
-    ("decoder", ["embedded.train_autoencoder", "--init", f"{T}/ae2.safetensors", "--freeze-encoder", "--crop-steps",
-                 "0", "--full-steps", "400", "--lr", "2e-4", "--warmup", "20", "--seed", "3", "--out", paths.AUTOENCODER]),
-    ("clip", ["embedded.train_domain_clip", "--steps", "300"]),
+    ("ae2", ["embedded.train_autoencoder", *V1, "--init", f"{T}/ae1.safetensors", "--crop-steps", "0",
+             "--full-steps", "450", "--lr", "3e-4", "--warmup", "20", "--latent-noise", "0.4", "--seed", "2",
+             "--out", f"{T}/ae2.safetensors"]),
+    ("unet2", ["embedded.train_denoiser", "--model", "unet", *V1, "--vae", f"{T}/ae2.safetensors", "--init",
+               f"{T}/unet1.safetensors", "--steps", "900", "--lr", "3e-4", "--out", f"{T}/unet2.safetensors"]),
+    ("flux1", ["embedded.train_denoiser", "--model", "flux", *V1, "--patch-size", "2", "--vae",
+               f"{T}/ae2.safetensors", "--steps", "1000", "--out", f"{T}/flux1.safetensors"]),
+    ("decoder", ["embedded.train_autoencoder", *V1, "--init", f"{T}/ae2.safetensors", "--freeze-encoder",
+                 "--crop-steps", "0", "--full-steps", "400", "--lr", "2e-4", "--warmup", "20", "--seed", "3",
+                 "--out", f"{T}/decoder1.safetensors"]),
+    ("clip", ["embedded.train_domain_clip", *V1, "--steps", "300"]),
+    ("unet3", ["embedded.train_denoiser", "--model", "unet", "--vae", f"{T}/decoder1.safetensors", "--init",
+               f"{T}/unet2.safetensors", "--steps", "1500", "--lr", "3e-4", "--out", f"{T}/unet3.safetensors"]),
+    ("unet4", ["embedded.train_denoiser", "--model", "unet", "--vae", f"{T}/decoder1.safetensors", "--init",
+               f"{T}/unet3.safetensors", "--steps", "800", "--lr", "1.5e-4", "--seed", "1", "--out", paths.UNET]),
+    ("flux2", ["embedded.train_denoiser", "--model", "flux", "--patch-size", "2", "--vae",
+               f"{T}/decoder1.safetensors", "--init", f"{T}/flux1.safetensors", "--steps", "1500", "--lr", "3e-4",
+               "--out", f"{T}/flux2.safetensors"]),
+    ("flux3", ["embedded.train_denoiser", "--model", "flux", "--vae", f"{T}/decoder1.safetensors", "--init",
+               f"{T}/flux2.safetensors", "--steps", "1000", "--lr", "3e-4", "--seed", "2", "--out", paths.FLUX]),
+    ("decoder2", ["embedded.train_autoencoder", "--init", f"{T}/decoder1.safetensors", "--freeze-encoder",
+                  "--crop-steps", "1200", "--full-steps", "300", "--lr", "3e-4", "--warmup", "20", "--seed", "4",
+                  "--out", paths.AUTOENCODER]),
 ]
 
 

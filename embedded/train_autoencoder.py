@@ -69,14 +69,15 @@ def main():
     ap.add_argument("--latent-noise", type=float, default=0.0,
                     help="decoder sees z + U(0, this) * std(z) * noise on half of each batch (robust decoding)")
     ap.add_argument("--out", default=paths.AUTOENCODER)
+    ap.add_argument("--data-version", type=int, default=dataset.DATA_VERSION, choices=sorted(dataset.RADII))
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
     t0 = time.time()
-    imgs, _, _ = dataset.make_dataset(args.n_train, seed=args.seed + 100, held_out=False)
-    val, _, _ = dataset.make_dataset(64, seed=args.seed + 999, held_out=False)
+    imgs, _, _ = dataset.make_dataset(args.n_train, seed=args.seed + 100, held_out=False, version=args.data_version)
+    val, _, _ = dataset.make_dataset(64, seed=args.seed + 999, held_out=False, version=args.data_version)
     x_all = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(255)
     x_val = torch.from_numpy(val).permute(0, 3, 1, 2).float().div(255)
     print(f"data {time.time() - t0:.1f}s", flush=True)

@@ -25,13 +25,13 @@ def file_tag(path):
     return h.hexdigest()[:10]
 
 
-def build(vae, clip, n=6000, seed=1, cache_dir="/tmp/embedded_cache", batch=64, tag="ae"):
+def build(vae, clip, n=6000, seed=1, cache_dir="/tmp/embedded_cache", batch=64, tag="ae", version=dataset.DATA_VERSION):
     """dict: latents [n,4,8,8], cap_idx [n], conds [U,32,384], pooled [U,384], captions (U unique; index 0 = "")."""
-    path = os.path.join(cache_dir, f"latents_{tag}_n{n}_seed{seed}.pt")
+    path = os.path.join(cache_dir, f"latents_v{version}_{tag}_n{n}_seed{seed}.pt")
     if os.path.exists(path):
         return torch.load(path)
     t0 = time.time()
-    images, captions, _ = dataset.make_dataset(n, seed=seed, held_out=True)
+    images, captions, _ = dataset.make_dataset(n, seed=seed, held_out=True, version=version)
     uniq = [""] + sorted(set(captions))
     index = {c: i for i, c in enumerate(uniq)}
     with torch.inference_mode():

@@ -20,7 +20,7 @@ from . import comfy_env
 comfy_env.setup()
 from safetensors.torch import save_file  # noqa: E402
 
-from . import denoiser_specs, loader, paths, text_encoder, train_data  # noqa: E402
+from . import dataset, denoiser_specs, loader, paths, text_encoder, train_data  # noqa: E402
 
 
 def _clone_saved(t):
@@ -38,6 +38,22 @@ def zero_init_outputs_(diffusion_model, kind):
                 p.zero_()
 
 
+def repatch(state_dict, net):
+    """Adapt a Flux state dict trained with 2x2 patches to net's 1x1 patches (warm start): the input embedding
+    sums over a patch's 4 pixels (same response to a constant patch), the output layer averages them."""
+    own = net.state_dict()
+    out = dict(state_dict)
+    for key in ("img_in.weight", "final_layer.linear.weight", "final_layer.linear.bias"):
+        old, new = state_dict[key], own[key]
+        if old.shape == new.shape:
+            continue
+        if key == "img_in.weight":  # [hidden, c*ph*pw] -> [hidden, c]
+            out[key] = old.reshape(old.shape[0], new.shape[1], -1).sum(-1)
+        else:  # [(c ph pw), ...] -> [c, ...]
+            out[key] = old.reshape(new.shape[0], -1, *old.shape[1:]).mean(1)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=["unet", "flux"], required=True)
@@ -51,19 +67,24 @@ def main():
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--out", default=None)
     ap.add_argument("--vae", default=None, help="autoencoder whose latents to train on (default: the shipped one)")
-    ap.add_argument("--init", default=None, help="continue from saved (EMA) weights of the same spec")
+    ap.add_argument("--init", default=None, help="continue from saved (EMA) weights of the same spec (a Flux "
+                    "trained with 2x2 patches is adapted to 1x1 patches)")
+    ap.add_argument("--data-version", type=int, default=dataset.DATA_VERSION, choices=sorted(dataset.RADII))
+    ap.add_argument("--patch-size", type=int, default=None, help="flux only: override the spec's patch size")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    spec = denoiser_specs.SPECS[args.model]
+    spec = json.loads(json.dumps(denoiser_specs.SPECS[args.model]))
+    if args.patch_size:
+        spec["config"]["patch_size"] = args.patch_size
     steps = args.steps or 1500
     out_path = args.out or (paths.UNET if args.model == "unet" else paths.FLUX)
     t0 = time.time()
 
     vae_path = args.vae or paths.AUTOENCODER
     data = train_data.build(loader.load_vae(vae_path), text_encoder.build_clip(), n=args.n_data,
-                            tag=train_data.file_tag(vae_path))
+                            tag=train_data.file_tag(vae_path), version=args.data_version)
     lat, cap_idx, conds, pooled = data["latents"], data["cap_idx"], data["conds"], data["pooled"]
     print(f"data ready {time.time() - t0:.0f}s: {len(lat)} latents, {len(conds)} captions", flush=True)
 
@@ -73,7 +94,8 @@ def main():
     zero_init_outputs_(net, args.model)
     if args.init:
         from safetensors.torch import load_file
-        net.load_state_dict({k: v.float() for k, v in load_file(args.init).items()})
+        init = {k: v.float() for k, v in load_file(args.init).items()}
+        net.load_state_dict(repatch(init, net) if args.model == "flux" else init)
         print(f"initialised from {args.init}", flush=True)
     ms = model.model_sampling
     n_params = sum(p.numel() for p in net.parameters())

@@ -91,6 +91,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-data", type=int, default=12000)
     ap.add_argument("--out", default=paths.DOMAIN_CLIP)
+    ap.add_argument("--data-version", type=int, default=dataset.DATA_VERSION, choices=sorted(dataset.RADII))
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -99,7 +100,8 @@ def main():
     t0 = time.time()
     uni = encode_universe()
     tokens, index = uni["tokens"], {c: i for i, c in enumerate(uni["captions"])}
-    ims, caps, specs = dataset.make_dataset(args.n_data, seed=args.seed + 5, held_out=False)
+    ims, caps, specs = dataset.make_dataset(args.n_data, seed=args.seed + 5, held_out=False,
+                                            version=args.data_version)
     images = torch.from_numpy(ims)
     print(f"data {time.time() - t0:.0f}s: {len(index)} captions, {len(ims)} images", flush=True)
 

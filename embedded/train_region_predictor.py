@@ -43,8 +43,9 @@ def _predictor_module():
 
 # ---------------------------------------------------------------- instructions (templates replace the LLM)
 
-def make_edit(spec, rng):
-    """(instruction, target spec, op) for a random template edit of a source spec."""
+def make_edit(spec, rng, version=dataset.DATA_VERSION):
+    """(instruction, target spec, op) for a random template edit of a source spec (added objects get the pair
+    radius of the data version)."""
     objs = spec["objects"]
     used = {o["color"] for o in objs}
     ops = ["colour", "shape", "remove", "background"] + (["add"] * 2 if len(objs) == 1 else [])
@@ -65,7 +66,7 @@ def make_edit(spec, rng):
     elif op == "remove":
         del tgt["objects"][i]
         if not tgt["objects"]:  # removing the only object: the caption universe has no empty scenes
-            return make_edit(spec, rng) if len(objs) > 1 else _recolour_bg(spec, rng)
+            return make_edit(spec, rng, version) if len(objs) > 1 else _recolour_bg(spec, rng)
         unique = sum(p["shape"] == o["shape"] for p in objs) == 1
         ins = f"remove the {o['shape']}" if unique and rng.random() < 0.5 else f"remove the {o['color']} {o['shape']}"
     elif op == "add":
@@ -73,7 +74,7 @@ def make_edit(spec, rng):
         c2 = str(rng.choice([c for c in dataset.COLORS if c != spec["background"] and c not in used]))
         new = None
         for _ in range(50):
-            cand = dataset._random_object(rng, s2, c2, (0.1, 0.18))
+            cand = dataset._random_object(rng, s2, c2, dataset.RADII[version][1])
             if not dataset._overlaps(cand, o):
                 new = cand
                 break
@@ -199,14 +200,14 @@ def losses(pred, enc, batch, weights):
     return out
 
 
-def make_pool(n, seed, enc, size=64):
+def make_pool(n, seed, enc, size=64, version=dataset.DATA_VERSION):
     """n training samples with all frozen features precomputed."""
     rng = np.random.default_rng(seed)
     exclude = set(dataset.held_out_triples())
     rows = []
     for _ in range(n):
-        spec = dataset.random_spec(rng, two_prob=0.4, exclude=exclude)
-        ins, tgt, op = make_edit(spec, rng)
+        spec = dataset.random_spec(rng, two_prob=0.4, exclude=exclude, version=version)
+        ins, tgt, op = make_edit(spec, rng, version)
         rows.append((spec, tgt, ins, op))
     src = torch.from_numpy(np.stack([dataset.render_scene(r[0], size)[0] for r in rows]))
     tgt = torch.from_numpy(np.stack([dataset.render_scene(r[1], size)[0] for r in rows]))
@@ -246,6 +247,7 @@ def main(argv=None):
     ap.add_argument("--clip", default=None, help="domain CLIP weights (default: the shipped ones)")
     ap.add_argument("--random-clip", action="store_true", help="smoke runs only: a random DomainClip")
     ap.add_argument("--out", default=REGION_PREDICTOR)
+    ap.add_argument("--data-version", type=int, default=dataset.DATA_VERSION, choices=sorted(dataset.RADII))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -253,7 +255,7 @@ def main(argv=None):
     t0 = time.time()
     clip = domain_clip.DomainClip().eval() if args.random_clip else None
     enc = DomainEncoders(clip_model=clip, clip_path=args.clip)
-    pool = make_pool(args.n_data, args.seed + 11, enc)
+    pool = make_pool(args.n_data, args.seed + 11, enc, version=args.data_version)
     print(f"data {time.time() - t0:.0f}s: {args.n_data} samples", flush=True)
     t0 = time.time()  # the time budget counts training steps only
     rp = _predictor_module()

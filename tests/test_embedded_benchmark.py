@@ -23,11 +23,26 @@ def test_edit_benchmark_runs_on_a_subset(comfy, tmp_path):
 
 def test_edit_cases_have_consistent_masks():
     sys.path.insert(0, str(ROOT))
-    from embedded.edit_cases import CASES
-    kinds = {c.kind for c in CASES}
-    assert kinds == {"colour", "shape", "background", "removal", "addition", "two_object"}
-    for case in CASES:
+    from embedded import dataset
+    from embedded.edit_suite import KINDS, benchmark_cases
+    cases = benchmark_cases(per_kind=3)
+    assert len(cases) == 7 + 3 * len(KINDS) and len({c.name for c in cases}) == len(cases)
+    assert {c.kind for c in cases} == set(KINDS)
+    for case in cases:
         edit, keep = case.masks(64)
         assert edit.sum() > 20, case.name
         assert (edit * keep).max() == 0, f"{case.name}: edit and keep regions overlap"
-        assert case.word in case.source_prompt.split() and case.target_word in case.target_prompt.split()
+        assert case.source_prompt.split().count(case.word) == 1, case.name
+        assert case.target_word in case.target_prompt.split(), case.name
+        assert case.source != case.target, case.name
+        if case.kind in ("removal", "addition", "two_object"):  # the untouched object stays in the keep region
+            kept = [o for o in case.source["objects"] if o in case.target["objects"]]
+            assert len(kept) == 1, case.name
+            _, masks = dataset.render_scene({"background": case.source["background"], "objects": kept}, 64)
+            assert (masks[0] > 0.5).sum() == ((masks[0] > 0.5) * (keep > 0.5)).sum(), case.name
+
+
+def test_generated_cases_are_deterministic():
+    from embedded.edit_suite import generated_cases
+    assert generated_cases(2, seed=5) == generated_cases(2, seed=5)
+    assert generated_cases(2, seed=5) != generated_cases(2, seed=6)
