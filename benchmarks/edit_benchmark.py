@@ -6,6 +6,7 @@ Prints one table per denoiser (mean over cases) and writes per-case JSON. Method
 nodes run through ComfyUI's executor (benchmarks/edit_methods.py).
 """
 import argparse
+import functools
 import json
 import sys
 import time
@@ -57,13 +58,16 @@ def score(case, edited, recon, scorer):
     return row
 
 
-def run(denoisers, method_names, cases, steps, out_path):
+def run(denoisers, method_names, cases, steps, out_path, per_kind=2, builders=None):
+    """builders: optional {name: build(denoiser, case, image_name, steps)} used instead of edit_methods'
+    (e.g. benchmarks/unifyedit_sweep.py's parameter variants)."""
     import torch
     from harness import runtime
     import edit_methods
-    from embedded.edit_cases import CASES
+    from embedded.edit_suite import benchmark_cases
     runtime.boot()
-    chosen = CASES[:cases] if cases else CASES
+    suite = benchmark_cases(per_kind)
+    chosen = suite[:cases] if cases else suite
     write_case_images(chosen)
     scorer = clip_scorer()
     results = {}
@@ -71,10 +75,13 @@ def run(denoisers, method_names, cases, steps, out_path):
         for name in method_names:
             if denoiser == "flux" and name in edit_methods.UNET_ONLY:
                 continue
+            if denoiser == "unet" and name in edit_methods.FLUX_ONLY:
+                continue
             rows = []
             start = time.perf_counter()
             for case in chosen:
-                prompt, edited_node, recon_node = edit_methods.build(name, denoiser, case, case_image_name(case), steps)
+                build = builders[name] if builders else functools.partial(edit_methods.build, name)
+                prompt, edited_node, recon_node = build(denoiser, case, case_image_name(case), steps)
                 out = runtime.run_prompt(prompt)
                 to_np = lambda node: out[node][0][0].float().cpu().numpy() if node else None
                 rows.append({"case": case.name, "kind": case.kind,
@@ -84,6 +91,22 @@ def run(denoisers, method_names, cases, steps, out_path):
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(results, indent=1))
     return results
+
+
+def kind_table(results):
+    """Per edit kind: success / background PSNR of every method (the papers' claims are per kind)."""
+    lines = []
+    for denoiser, methods in results.items():
+        kinds = sorted({r["kind"] for res in methods.values() for r in res["cases"]})
+        lines.append(f"\n{denoiser}: success / bg PSNR per edit kind")
+        lines.append(f"{'method':24}" + "".join(f"{k:>16}" for k in kinds))
+        for name, res in methods.items():
+            cells = []
+            for k in kinds:
+                rows = [r for r in res["cases"] if r["kind"] == k]
+                cells.append(f"{np.mean([r['success'] for r in rows]):7.2f} /{np.mean([r['bg_psnr'] for r in rows]):6.2f}")
+            lines.append(f"{name:24}" + "".join(f"{c:>16}" for c in cells))
+    return "\n".join(lines)
 
 
 def table(results):
@@ -101,17 +124,26 @@ def table(results):
 def main():
     import edit_methods
     parser = argparse.ArgumentParser()
+    parser.add_argument("--from-json", default=None, help="print the tables of a saved run instead of running")
     parser.add_argument("--denoisers", nargs="+", default=["unet", "flux"])
     parser.add_argument("--methods", nargs="+", default=list(edit_methods.METHODS))
     parser.add_argument("--cases", type=int, default=0, help="first N cases only (0: all)")
+    parser.add_argument("--per-kind", type=int, default=2,
+                        help="generated cases per edit kind after the 7 fixed ones (embedded/edit_suite.py)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "output" / "benchmark.json"))
     args = parser.parse_args()
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        print(table(results))
+        print(kind_table(results))
+        return
     import torch
     torch.set_num_threads(args.threads)
-    results = run(args.denoisers, args.methods, args.cases, args.steps, args.out)
+    results = run(args.denoisers, args.methods, args.cases, args.steps, args.out, args.per_kind)
     print(table(results))
+    print(kind_table(results))
     print(f"\nper-case results: {args.out}")
 
 

@@ -9,6 +9,7 @@ from graph import Graph
 
 CFG = {"unet": 4.0, "flux": 3.0}
 UNET_ONLY = {"unifyedit"}  # see workflows/build.py UNET_ONLY
+FLUX_ONLY = {"rf_solver_edit_v"}  # RF-Solver-Edit shares V in FLUX single blocks
 
 
 def _graph(denoiser, case, image_name, steps, patch=None, invert_with="source", target_with="target",
@@ -43,6 +44,27 @@ def _uniform_everywhere(g, ctx):
     return g.add("AttentionEditUniformAttnPatch", model=ctx["model"], branches="all", during_inversion=True)[0]
 
 
+def _with_mask(technique, make_mask):
+    """A technique's MODEL patch with ctx["mask"] = make_mask(g, ctx) instead of the exact edit mask. ctx is
+    updated in place, not copied: ProEdit leaves its Latents-Shift step in ctx["after_invert"] for _graph."""
+    def patch(g, ctx):
+        ctx["mask"] = make_mask(g, ctx)
+        return technique(g, ctx)
+    return patch
+
+
+def _predicted_mask(technique, mode):
+    """The Learnable Region Mask's mask (from case.instruction, e.g. 'remove the square') in place of the exact
+    edit mask: issue 9's predicted-vs-ground-truth comparison."""
+    return _with_mask(technique, lambda g, ctx: workflows.region_mask(g, ctx, mode))
+
+
+def _source_injection(mode):
+    """Source Attention Injection with the paper's defaults (steps and layers scaled to the model and step count)."""
+    return lambda g, ctx: g.add("AttentionEditSourceInjection", model=ctx["model"], mode=mode, start_step=-1,
+                                end_step=-1, layers="paper default", layer_fraction=0.0)[0]
+
+
 METHODS = {
     # baselines
     "target_prompt": lambda d, c, i, s: _graph(d, c, i, s, source_mode="reconstruct"),
@@ -58,10 +80,20 @@ METHODS = {
     "proedit_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.proedit_patch),
     "kvmix_only_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=lambda g, x: workflows.proedit_patch(
         g, x, shift=False)),
-    "proedit_attention_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=lambda g, x: workflows.proedit_patch(
-        g, {**x, "mask": None})),
+    "proedit_attention_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_with_mask(workflows.proedit_patch,
+                                                                                      lambda g, x: None)),
     "unifyedit": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.unifyedit_patch),
     "cpam": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.cpam_patch, aux=True, invert_with="empty"),
+    # source-injection baselines (MasaCtrl mutual self-attention; RF-Solver-Edit V sharing, Flux only)
+    "masactrl": lambda d, c, i, s: _graph(d, c, i, s, patch=_source_injection("key+value (MasaCtrl)")),
+    "rf_solver_edit_v": lambda d, c, i, s: _graph(d, c, i, s, patch=_source_injection("value (RF-Solver-Edit)")),
+    # the same techniques with the mask predicted from the instruction (trained predictor / per-image search)
+    "proedit_region_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_predicted_mask(workflows.proedit_patch,
+                                                                                       "trained")),
+    "proedit_region_search": lambda d, c, i, s: _graph(d, c, i, s, patch=_predicted_mask(workflows.proedit_patch,
+                                                                                         "per-image search")),
+    "cpam_region_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_predicted_mask(workflows.cpam_patch, "trained"),
+                                                  aux=True, invert_with="empty"),
 }
 
 

@@ -4,6 +4,9 @@ Instructions "make the red circle blue", "remove the square", "add a yellow tria
 green", each on small (r 0.08-0.12) and large (r 0.22-0.28) objects, n seeded scenes each (a second, smaller
 distractor object in the change/remove scenes). Both modes: the trained predictor and the per-image search.
     OMP_NUM_THREADS=1 python benchmarks/region_mask_iou.py [--n 8] [--predictor PATH] [--clip PATH] [--random-clip]
+--edit-cases PER_KIND measures instead the masks predicted from each edit-benchmark case's instruction
+(embedded/edit_cases.py `EditCase.instruction`), the masks that the *_region_* methods of benchmarks/edit_methods.py
+use.
 """
 import argparse
 import json
@@ -82,31 +85,44 @@ def evaluate(enc, predictor, n=8, seed=0, modes=("trained", "per-image search"),
     """{instruction: {size: {mode: mean IoU}}}."""
     out = {}
     for ins in instructions:
-        tok, pad = enc.tokens([ins])
-        parsed = region_search.parse_instruction(ins)
         for size in sizes:
             rng = np.random.default_rng(seed + 17 * len(ins) + (0 if size == "small" else 1))
-            scores = {m: [] for m in modes}
+            scores = {m: [] for m in modes if m != "trained" or predictor is not None}
             for _ in range(n):
                 src, tgt, op = make_case(ins, size, rng)
                 img = torch.from_numpy(dataset.render_scene(src, 64)[0])
                 gt = trp.edit_mask(src, tgt, op)
-                with torch.no_grad():
-                    feats = enc.patches(img[None])
-                    if "trained" in modes and predictor is not None:
-                        m, _ = region_predictor.to_mask(predictor(feats, tok, pad), (64, 64), 0.5)
-                        scores["trained"].append(iou(m[0].numpy(), gt))
-                    if "per-image search" in modes:
-                        grid = region_predictor.grid_shape(feats.shape[1])
-                        if op == "background":
-                            m, _ = region_search.background_region(feats[0], grid, (64, 64))
-                        else:
-                            phrase = parsed["source"] if op in ("change", "remove") else ""
-                            m, _, _ = region_search.region_search(img, feats[0], grid, enc.encode_image,
-                                                                  enc.phrase_embedding(phrase), op, (64, 64))
-                        scores["per-image search"].append(iou(m.numpy(), gt))
+                for m in scores:
+                    scores[m].append(iou(_predict(enc, predictor, img, ins, m), gt))
             out.setdefault(ins, {})[size] = {k: float(np.mean(v)) for k, v in scores.items() if v}
     return out
+
+
+def _predict(enc, predictor, img, instruction, mode):
+    """The node's two modes on one 64x64 image [64, 64, 3]: binary mask [64, 64] (numpy)."""
+    parsed = region_search.parse_instruction(instruction)
+    with torch.no_grad():
+        feats = enc.patches(img[None])
+        if mode == "trained":
+            tok, pad = enc.tokens([instruction])
+            return region_predictor.to_mask(predictor(feats, tok, pad), (64, 64), 0.5, aspect=1.0)[0][0].numpy()
+        grid = region_predictor.grid_shape(feats.shape[1])
+        if parsed["op"] == "background":
+            return region_search.background_region(feats[0], grid, (64, 64))[0].numpy()
+        phrase = parsed["source"] if parsed["op"] in ("change", "remove") else ""
+        return region_search.region_search(img, feats[0], grid, enc.encode_image, enc.phrase_embedding(phrase),
+                                           parsed["op"], (64, 64))[0].numpy()
+
+
+def evaluate_edit_cases(enc, predictor, cases, modes=("trained", "per-image search")):
+    """[(case name, instruction, {mode: IoU})] on the edit benchmark's cases (case.instruction vs case.masks())."""
+    rows = []
+    for case in cases:
+        img = torch.from_numpy(dataset.render_scene(case.source, 64)[0])
+        gt, _ = case.masks(64)
+        rows.append((case.name, case.instruction, {m: iou(_predict(enc, predictor, img, case.instruction, m), gt)
+                                                   for m in modes if m != "trained" or predictor is not None}))
+    return rows
 
 
 def main(argv=None):
@@ -117,6 +133,8 @@ def main(argv=None):
     ap.add_argument("--clip", default=None, help="domain CLIP weights (default: the shipped ones)")
     ap.add_argument("--random-clip", action="store_true", help="smoke only: random DomainClip")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--edit-cases", type=int, default=None, metavar="PER_KIND",
+                    help="instead: IoU on the edit benchmark's cases (the 7 fixed + PER_KIND generated per kind)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -126,6 +144,16 @@ def main(argv=None):
     pred = region_predictor.load(args.predictor) if Path(args.predictor).exists() else None
     if pred is None:
         print(f"no predictor at {args.predictor}: trained mode skipped")
+    if args.edit_cases is not None:
+        from embedded.edit_suite import benchmark_cases
+        rows = evaluate_edit_cases(enc, pred, benchmark_cases(args.edit_cases))
+        for name, ins, r in rows:
+            print(f"{name:30s} {ins:38s} {r.get('trained', float('nan')):8.3f} {r['per-image search']:8.3f}")
+        for mode in rows[0][2]:
+            print(f"mean {mode}: {np.mean([r[mode] for _, _, r in rows]):.3f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return rows
     res = evaluate(enc, pred, args.n, args.seed)
     print(f"{'instruction':34s} {'size':6s} {'trained':>8s} {'search':>8s}")
     for ins, by_size in res.items():

@@ -4,6 +4,10 @@ import collections
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 SEED_NAMES = ("seed", "noise_seed")
+# The frontend (extensions/core/uploadImage) gives a node whose required inputs include one with image_upload an
+# extra required input "upload" (IMAGEUPLOAD) after the other required ones; its widget saves the value "image":
+# LoadImage -> [filename, "image"], LoadImageMask -> [filename, channel, "image"].
+UPLOAD_VALUE = "image"
 
 
 def node_class(class_type):
@@ -15,13 +19,21 @@ def node_class(class_type):
 
 
 def input_specs(cls):
-    """[(name, spec)] of required then optional inputs, in definition order."""
+    """[(name, spec)] of required then optional inputs, in definition order, with the frontend's image-upload
+    widget ("upload", ("IMAGEUPLOAD",)) after the required ones where a required input has image_upload."""
     types = cls.INPUT_TYPES()
-    return list(types.get("required", {}).items()) + list(types.get("optional", {}).items())
+    required = list(types.get("required", {}).items())
+    if any(len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("image_upload") for _, spec in required):
+        required.append(("upload", ("IMAGEUPLOAD",)))
+    return required + list(types.get("optional", {}).items())
+
+
+def is_upload(spec):
+    return spec[0] == "IMAGEUPLOAD"
 
 
 def is_widget(spec):
-    return isinstance(spec[0], (list, tuple)) or spec[0] in WIDGET_TYPES
+    return isinstance(spec[0], (list, tuple)) or spec[0] in WIDGET_TYPES or is_upload(spec)
 
 
 def has_seed_control(name, spec):
@@ -53,7 +65,7 @@ def api_to_ui(prompt, titles=None):
         cls = node_class(node["class_type"])
         inputs, widgets = [], []
         for name, spec in input_specs(cls):
-            value = node["inputs"].get(name)
+            value = UPLOAD_VALUE if is_upload(spec) else node["inputs"].get(name)
             if is_widget(spec) and not isinstance(value, list):
                 options = spec[1] if len(spec) > 1 else {}
                 widgets.append(options.get("default", spec[0][0] if isinstance(spec[0], (list, tuple)) else None)
@@ -113,7 +125,11 @@ def check_ui_workflow(workflow, file_inputs_ok=True):
             continue
         for (name, spec), value in zip(expected, values):
             options = spec[1] if len(spec) > 1 else {}
-            if isinstance(spec[0], (list, tuple)):
+            if is_upload(spec):
+                if value != UPLOAD_VALUE:
+                    problems.append(f"node {node['id']} {node['type']}: image-upload widget value {value!r}, the "
+                                    f"frontend saves {UPLOAD_VALUE!r}")
+            elif isinstance(spec[0], (list, tuple)):
                 if value not in spec[0] and not (file_inputs_ok and (name.endswith("_name") or name[:-1].endswith("_name") or name == "image")):
                     problems.append(f"node {node['id']} {node['type']}: {name}={value!r} not in {list(spec[0])[:8]}")
             elif spec[0] in ("INT", "FLOAT"):

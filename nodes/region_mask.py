@@ -39,8 +39,11 @@ def _predictor(path):
 
 
 def _vision_patches(clip_vision, images):
-    """CLIP_VISION penultimate hidden states without the class token: [B, N, D] on a square grid."""
-    hs = clip_vision.encode_image(images)["penultimate_hidden_states"].float()
+    """CLIP_VISION penultimate hidden states without the class token: [B, N, D] on a square grid.
+
+    crop=False: the whole image is resized to the encoder's square input (no centre crop), so the patch grid spans
+    the whole image and the masks line up with it at any aspect ratio."""
+    hs = clip_vision.encode_image(images, crop=False)["penultimate_hidden_states"].float()
     n = hs.shape[1]
     if int(round((n - 1) ** 0.5)) ** 2 == n - 1:
         hs = hs[:, 1:]
@@ -86,11 +89,14 @@ class LearnableRegionMask:
                               "trained mode: probability above which a pixel is in the region."}),
             },
             "optional": {
-                "clip_vision": ("CLIP_VISION", {"tooltip": "Image feature backbone (e.g. ViT-L/14). Absent: the "
-                                "embedded domain CLIP (shapes domain only)."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "Image feature backbone, e.g. clip_vision_g.safetensors "
+                                "(ViT-bigG/14) from CLIPVisionLoader. Absent: the embedded domain CLIP (shapes "
+                                "domain only)."}),
                 "clip": ("CLIP", {"tooltip": "Text encoder: instruction token features (trained mode) and pooled "
-                         "phrase embeddings (search mode; its pooled width must equal CLIP_VISION's image_embeds "
-                         "width, e.g. SD1.5's CLIP-L with ViT-L/14). Absent: the embedded MiniLM."}),
+                         "phrase embeddings (search mode). Search mode needs a text encoder whose pooled output is "
+                         "projected into clip_vision's image-embedding space: SDXL's CLIP or a CLIP-G file "
+                         "(CLIPLoader, type stable_diffusion) with clip_vision_g.safetensors. SD1.5's and FLUX's "
+                         "CLIP-L give unprojected pooled outputs and do not fit. Absent: the embedded MiniLM."}),
                 "weights": ("STRING", {"default": "", "tooltip": "trained mode: path of a region predictor "
                             ".safetensors; empty = the shipped embedded-domain predictor."}),
             },
@@ -143,7 +149,8 @@ class LearnableRegionMask:
         b = feats.shape[0]
         with torch.no_grad():
             prob = pred(feats, tok.expand(b, -1, -1), None if pad is None else pad.expand(b, -1))
-        return region_predictor.to_mask(prob, image.shape[1:3], threshold)
+        # both backbones see the image squashed to a square, so the patch grid is square at any aspect ratio
+        return region_predictor.to_mask(prob, image.shape[1:3], threshold, aspect=1.0)
 
     def _search(self, image, parsed, clip_vision, clip):
         feats, encode_image, crop, enc = self._features(image, clip_vision, clip)
@@ -166,8 +173,9 @@ class LearnableRegionMask:
                     e_dim = encode_image(image[i:i + 1]).shape[-1]
                     if e_dim != text_emb.shape[-1]:
                         raise ValueError(f"clip: pooled text width {text_emb.shape[-1]} differs from clip_vision's "
-                                         f"image_embeds width {e_dim}; connect the matching pair (e.g. CLIP-L text "
-                                         "with ViT-L/14 vision)")
+                                         f"image_embeds width {e_dim}; connect a text encoder from the same CLIP as "
+                                         "clip_vision (e.g. SDXL's CLIP or a CLIP-G file with "
+                                         "clip_vision_g.safetensors)")
                 m, s, _ = region_search.region_search(image[i], feats[i], grid, encode_image, text_emb,
                                                       parsed["op"], crop)
                 masks.append(m)

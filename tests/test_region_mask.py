@@ -1,6 +1,7 @@
 """Learnable Region Mask: predictor shapes/range, padding, per-image search on a planted scorer, parser, the node
 through the executor, and a tiny IoU run of benchmarks/region_mask_iou.py."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,17 +173,46 @@ def test_iou_benchmark_tiny(pack, embedded_weights, capsys):
     vals = [v for by in res.values() for r in by.values() for v in r.values()]
     assert len(vals) == 3 * 2 * 2 and all(0.0 <= v <= 1.0 for v in vals)
     print(res)
+    cases = pack("embedded.edit_cases").CASES[:2]
+    rows = bench.evaluate_edit_cases(enc, rp.load(embedded_weights[1]), cases)
+    assert [r[1] for r in rows] == [c.instruction for c in cases]
+    assert all(set(r[2]) == {"trained", "per-image search"} and 0.0 <= min(r[2].values()) for r in rows)
+
+
+def test_edit_case_instructions(pack, rs):
+    """Every edit-benchmark case (fixed and generated) has a template instruction that parses to its kind of edit,
+    naming the object that changes (the *_region_* benchmark methods predict their masks from it)."""
+    cases = pack("embedded.edit_suite").benchmark_cases(2)
+    ops = {"colour": "change", "shape": "change", "two_object": "change", "background": "background",
+           "removal": "remove", "addition": "add"}
+    for case in cases:
+        parsed = rs.parse_instruction(case.instruction)
+        assert parsed["op"] == ops[case.kind], (case.name, case.instruction)
+        if parsed["op"] in ("change", "remove"):
+            gone = [o for o in case.source["objects"] if o not in case.target["objects"]]
+            assert len(gone) == 1 and parsed["source"].split()[-1] == gone[0]["shape"], (case.name, case.instruction)
+        if parsed["op"] == "add":
+            new = [o for o in case.target["objects"] if o not in case.source["objects"]]
+            assert parsed["target"] == f"{new[0]['color']} {new[0]['shape']}", case.instruction
+    assert pack("embedded.edit_cases").CASES[0].instruction == "make the red circle yellow"
 
 
 class FakeVision:
-    """CLIP_VISION stand-in: patch tokens = per-patch mean colour (class token first), image_embeds = mean colour."""
+    """CLIP_VISION stand-in: patch tokens = per-patch mean colour (class token first), image_embeds = mean colour.
+
+    Like ComfyUI's ClipVisionModel.encode_image, crop=True centre-crops a non-square image before resizing."""
     image_size = 32
 
     def __init__(self, embed_dim=3):
         self.embed_dim = embed_dim
 
-    def encode_image(self, image):
-        x = torch.nn.functional.interpolate(image.permute(0, 3, 1, 2), size=(32, 32), mode="bilinear")
+    def encode_image(self, image, crop=True):
+        x = image.permute(0, 3, 1, 2)
+        if crop:
+            h, w = x.shape[2:]
+            s = min(h, w)
+            x = x[:, :, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear")
         patches = torch.nn.functional.avg_pool2d(x, 4).flatten(2).transpose(1, 2)  # [B, 64, 3]
         cls = patches.mean(1, keepdim=True)
         emb = x.mean((2, 3))
@@ -217,6 +247,72 @@ def test_node_with_clip_vision_backbone(pack, embedded_weights):
                      clip=FakeClip())
     with pytest.raises(ValueError, match="trained on real image-caption pairs"):
         node.predict(img, "remove the red square", "trained", 0.5, clip_vision=FakeVision(), clip=FakeClip())
+
+
+def test_clip_vision_grid_spans_a_wide_image(pack, embedded_weights):
+    """A wide image whose object sits outside the centre square: the patch grid must cover the whole image (no
+    centre crop), so the search finds the object where it is."""
+    node = pack("nodes.region_mask").LearnableRegionMask()
+    img = torch.zeros(1, 48, 144, 3)
+    img[..., 2] = 0.8
+    img[0, 12:30, 6:24] = torch.tensor([0.9, 0.1, 0.1])  # left of the centre 48x48 crop (x 48-96)
+    mask, _, _ = node.predict(img, "remove the red square", "per-image search", 0.5,
+                              clip_vision=FakeVision(), clip=FakeClip())
+    assert mask.shape == (1, 48, 144)
+    truth = torch.zeros(48, 144)
+    truth[12:30, 6:24] = 1
+    assert mask.sum() > 0 and (mask[0] * truth).sum() / mask.sum() > 0.6  # on the object (centre crop: 0.23)
+
+
+def _tiny_init(module, seed=0):
+    """ComfyUI's ops leave weights uninitialised: norms 1/0, other vectors 0, matrices N(0, 0.02)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            elif p.ndim == 1 and not name.endswith("class_embedding"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def test_node_with_comfyui_clip_vision_and_clip_g(comfy, pack, embedded_weights, tmp_path):
+    """The real-checkpoint path with ComfyUI's own classes at a tiny size: ClipVisionModel (what CLIPVisionLoader
+    returns for clip_vision_g.safetensors) and a CLIP-G text encoder (what CLIPLoader builds for a clip_g file with
+    type stable_diffusion: SDXLRefinerClipModel, projected pooled output). Search mode runs and gives one box;
+    trained mode stops with the clear backbone error."""
+    import json
+    import comfy.clip_vision
+    import comfy.sd
+    import comfy.sdxl_clip
+    config = json.loads((Path(comfy.clip_vision.__file__).parent / "clip_vision_config_g.json").read_text())
+    config.update(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=3, image_size=56,
+                  projection_dim=32)
+    (tmp_path / "vision.json").write_text(json.dumps(config))
+    vision = comfy.clip_vision.ClipVisionModel(str(tmp_path / "vision.json"))
+    _tiny_init(vision.model)
+
+    class Target:
+        params = {}
+        clip = comfy.sdxl_clip.SDXLRefinerClipModel
+        tokenizer = comfy.sdxl_clip.SDXLTokenizer
+    text_config = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=3)
+    clip = comfy.sd.CLIP(Target, model_options={"clip_g_model_config": text_config})
+    _tiny_init(clip.cond_stage_model, seed=1)
+    _, pooled = clip.encode_from_tokens(clip.tokenize("a photo of a cat"), return_pooled=True)
+    assert pooled.shape == (1, 32) and torch.isfinite(pooled).all()
+
+    node = pack("nodes.region_mask").LearnableRegionMask()
+    img = torch.rand(1, 40, 72, 3)
+    mask, soft, over = node.predict(img, "turn the cat into a dog", "per-image search", 0.5, clip_vision=vision,
+                                    clip=clip)
+    assert mask.shape == soft.shape == (1, 40, 72) and over.shape == (1, 40, 72, 3)
+    rows, cols = mask[0].sum(1), mask[0].sum(0)
+    assert mask.sum() > 0 and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert mask.sum() == (rows > 0).sum() * (cols > 0).sum()  # one axis-aligned box
+    with pytest.raises(ValueError, match="trained on real image-caption pairs"):
+        node.predict(img, "turn the cat into a dog", "trained", 0.5, clip_vision=vision, clip=clip)
 
 
 def test_training_templates_and_exact_masks(pack, rs):

@@ -263,3 +263,45 @@ def test_flux_is_refused_with_a_clear_error(ue, fixtures):
     with pytest.raises(ValueError, match="Flux.*in place.*U-Net"):
         ue.node.SAPreserveOptimizer().patch(fixtures.tiny_model("flux"), "#1", "balanced", 1, 1, 3, 3, 1, 2.5, 2,
                                             "1/2", "1/2", "float32")
+
+
+# ---------------------------------------------------------------- benchmark sweep configurations
+
+def test_sweep_variants_are_valid_graphs_with_their_overrides(ue, comfy):
+    """benchmarks/unifyedit_sweep.py: every variant is the benchmark's UnifyEdit graph with only its listed node
+    inputs changed, and ComfyUI's validation (types, min/max) accepts it; the defaults variant is exactly the
+    benchmark's 'unifyedit' method."""
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    sys.path[:0] = [str(root / "benchmarks"), str(root / "workflows")]
+    import execution
+    import edit_benchmark
+    import edit_methods
+    import unifyedit_sweep as sweep
+    from embedded.edit_suite import benchmark_cases
+    assert len(sweep.GRID) <= 8
+    assert {c["gradient_mode"] for c in sweep.MODES.values()} == set(ue.ops.MODES)
+    assert all(sweep.CONFIGS[n]["gradient_mode"] == "balanced" for n in sweep.GRID)
+    case = benchmark_cases(0)[0]
+    edit_benchmark.write_case_images([case])
+    image = edit_benchmark.case_image_name(case)
+    defaults = sweep.settings({})
+    builders = sweep.builders(list(sweep.BASELINES) + list(sweep.CONFIGS))
+    for name, build in builders.items():
+        prompt, edited, _ = build("unet", case, image, 6)
+        valid = comfy._state["loop"].run_until_complete(execution.validate_prompt(name, prompt, None))
+        assert valid[0], (name, valid[1], valid[3])
+        nodes = [n["inputs"] for n in prompt.values() if n["class_type"] == sweep.NODE]
+        if name in sweep.BASELINES:
+            assert not nodes
+            continue
+        assert len(nodes) == 1 and nodes[0]["edit_tokens"] == case.target_word
+        changed = {k for k, v in defaults.items() if nodes[0][k] != v}
+        assert changed == {k for k, v in sweep.CONFIGS[name].items() if defaults[k] != v}, name
+        assert all(nodes[0][k] == v for k, v in sweep.CONFIGS[name].items())
+    assert builders["ue_balanced"]("unet", case, image, 6) == edit_methods.build("unifyedit", "unet", case, image, 6)
+    with pytest.raises(ValueError, match="not inputs"):
+        sweep.variant({"steps": 3})
+    with pytest.raises(ValueError, match="--configs"):
+        sweep.builders(["ue_fast"])

@@ -49,6 +49,73 @@ def test_ui_check_catches_broken_workflows(comfy, built):
     broken = json.loads(json.dumps(ui))
     broken["links"][0][2] = 2  # from the VAE slot into a MODEL/IMAGE input
     assert check_ui_workflow(broken)
+    for values in (lambda v: v[:1], lambda v: v[:1] + ["url"]):  # upload widget value missing / not the frontend's
+        broken = json.loads(json.dumps(ui))
+        load = next(n for n in broken["nodes"] if n["type"] == "LoadImage")
+        load["widgets_values"] = values(load["widgets_values"])
+        assert any("LoadImage" in p for p in check_ui_workflow(broken)), load["widgets_values"]
+
+
+def test_image_loaders_save_the_frontends_upload_widget(built):
+    """As the real frontend saves them: its image-upload widget ("upload", value "image") follows the node's
+    required widgets: LoadImage [filename, "image"], LoadImageMask [filename, channel, "image"]."""
+    seen = set()
+    for name, (_, ui) in built.items():
+        for node in ui["nodes"]:
+            values = node["widgets_values"]
+            if node["type"] == "LoadImage":
+                assert len(values) == 2 and values[0].endswith(".png") and values[1] == "image", (name, values)
+            elif node["type"] == "LoadImageMask":
+                assert (len(values) == 3 and values[0].endswith(".png")
+                        and values[1] in ("alpha", "red", "green", "blue") and values[2] == "image"), (name, values)
+            else:
+                continue
+            seen.add(node["type"])
+    assert seen == {"LoadImage", "LoadImageMask"}
+
+
+# ComfyUI model folder of each loader input the real-checkpoint workflows use
+MODEL_INPUTS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("UNETLoader", "unet_name"): "diffusion_models",
+                ("DualCLIPLoader", "clip_name1"): "text_encoders", ("DualCLIPLoader", "clip_name2"): "text_encoders",
+                ("CLIPLoader", "clip_name"): "text_encoders", ("VAELoader", "vae_name"): "vae",
+                ("CLIPVisionLoader", "clip_name"): "clip_vision"}
+
+
+def test_real_checkpoint_api_workflows_validate_given_their_files(comfy, built, tmp_path):
+    """The SD1.5 / SDXL / FLUX-dev variants pass ComfyUI's own prompt validation (node types, links, combo values
+    against the loaders' file lists as /object_info reports them) once the model files they name exist: empty
+    stand-ins in temporary model folders and input folder."""
+    import execution
+    import folder_paths
+    needed = {}
+    for name, (api, _) in built.items():
+        if "embedded" in name:
+            continue
+        for node in api.values():
+            for key, value in node["inputs"].items():
+                if (node["class_type"], key) in MODEL_INPUTS:
+                    needed.setdefault(MODEL_INPUTS[(node["class_type"], key)], set()).add(value)
+                elif node["class_type"] in ("LoadImage", "LoadImageMask") and key == "image":
+                    needed.setdefault("input", set()).add(value)
+    assert {"checkpoints", "diffusion_models", "text_encoders", "vae", "clip_vision", "input"} <= set(needed)
+    for folder, files in needed.items():
+        (tmp_path / folder).mkdir()
+        for f in files:
+            (tmp_path / folder / f).write_bytes(b"")
+    original_input = folder_paths.get_input_directory()
+    try:
+        folder_paths.set_input_directory(str(tmp_path / "input"))
+        for folder in needed.keys() - {"input"}:
+            folder_paths.add_model_folder_path(folder, str(tmp_path / folder))
+        for name, (api, _) in built.items():
+            if "embedded" not in name:
+                valid = comfy._state["loop"].run_until_complete(execution.validate_prompt("x", api, None))
+                assert valid[0], (name, valid[1], valid[3])
+    finally:
+        folder_paths.set_input_directory(original_input)
+        for folder in needed.keys() - {"input"}:
+            folder_paths.folder_names_and_paths[folder][0].remove(str(tmp_path / folder))
+            folder_paths.filename_list_cache.pop(folder, None)  # drop the listing that holds the stand-ins
 
 
 def test_api_workflows_validate(comfy, built):

@@ -168,11 +168,38 @@ def unifyedit_edit(backbone):
     return edit_workflow(backbone, "unifyedit", unifyedit_patch)
 
 
+# Real checkpoints: the per-image search needs an image encoder and a text encoder whose pooled outputs share one
+# embedding space. ComfyUI exposes such a pair as OpenCLIP ViT-bigG/14: CLIP_VISION clip_vision_g.safetensors (the
+# SDXL Revision file) and the projected pooled output of a CLIP-G text encoder (SDXL's own CLIP; for SD1.5 and
+# FLUX a stand-alone clip_g.safetensors). docs/region_mask.md ("Real checkpoints") explains why CLIP-L cannot be.
+REGION_VISION_FILE = "clip_vision_g.safetensors"
+REGION_TEXT_FILE = "clip_g.safetensors"
+REAL_INSTRUCTION = "turn the cat into a dog"
+
+
+def region_mask(g, ctx, mode=None):
+    """Learnable Region Mask from the edit instruction. Embedded: the trained predictor on the domain encoders;
+    real checkpoints: the per-image search (no trained weights) with ViT-bigG/14 vision + CLIP-G text."""
+    case = ctx["case"]
+    if case is not None:
+        return g.add("AttentionEditLearnableRegionMask", image=ctx["image"], instruction=case.instruction,
+                     mode=mode or "trained", threshold=0.5, weights="")[0]
+    vision = g.add("CLIPVisionLoader", clip_name=REGION_VISION_FILE)[0]
+    if ctx["backbone"] == "sdxl":
+        text = ctx["clip"]  # SDXL's CLIP returns the projected CLIP-G pooled embedding
+    else:
+        text = g.add("CLIPLoader", title="region: CLIP-G text", clip_name=REGION_TEXT_FILE, type="stable_diffusion",
+                     device="default")[0]
+    return g.add("AttentionEditLearnableRegionMask", title="edit instruction", image=ctx["image"],
+                 instruction=REAL_INSTRUCTION, mode=mode or "per-image search", threshold=0.5, clip_vision=vision,
+                 clip=text, weights="")[0]
+
+
 def region_proedit_patch(g, ctx):
-    """Instruction-driven edit region (Learnable Region Mask, embedded domain encoders) feeding ProEdit's KV-mix."""
-    mask = g.add("AttentionEditLearnableRegionMask", image=ctx["image"], instruction="make the red circle yellow",
-                 mode="trained", threshold=0.5, weights="")[0]
-    return proedit_patch(g, {**ctx, "mask": mask})
+    """Instruction-driven edit region (Learnable Region Mask) feeding ProEdit's KV-mix and Latents-Shift.
+    ctx is updated in place: proedit_patch leaves the Latents-Shift step in ctx["after_invert"]."""
+    ctx["mask"] = region_mask(g, ctx)
+    return proedit_patch(g, ctx)
 
 
 def region_proedit_edit(backbone):
@@ -187,12 +214,10 @@ BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux",
              "flux_dev": "flux"}
 TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit,
               "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit}
-EMBEDDED_ONLY = {"region_mask_proedit"}  # the shipped region predictor is trained on the shapes domain only
 UNET_ONLY = {"unifyedit"}  # ComfyUI's Flux blocks update residuals in place, which blocks latent gradients
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
-             if not (t in UNET_ONLY and backbone.endswith("flux"))
-             and not (t in EMBEDDED_ONLY and not backbone.startswith("embedded"))}
+             if not (t in UNET_ONLY and backbone.endswith("flux"))}
 
 
 def embedded(name):
