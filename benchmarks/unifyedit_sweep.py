@@ -3,9 +3,10 @@ grid of the balanced mode's scheduler and optimisation strength, and the baselin
 
     .venv/bin/python benchmarks/unifyedit_sweep.py [--cases N] [--steps 20] [--threads 1] [--configs ...]
                                                     [--out output/unifyedit_sweep.json]
-Every UnifyEdit variant is the example workflow's patch (workflows/build.py unifyedit_patch, i.e. the node's
-defaults) with only the listed inputs changed; graphs, execution and scores are edit_benchmark's. Prints the
-benchmark's table (mean over cases) and writes per-case results plus each variant's full node settings as JSON.
+Every UnifyEdit variant is the example workflow's patch (workflows/build.py unifyedit_patch: the node's defaults,
+with the 1/2 attention layers of the embedded U-Net) with only the listed inputs changed; graphs, execution and
+scores are edit_benchmark's. Prints the benchmark's table (mean over cases) as each variant finishes and at the end,
+and writes per-case results plus each variant's full node settings as JSON.
 """
 import argparse
 import json
