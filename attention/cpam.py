@@ -28,18 +28,8 @@ from comfy.ldm.modules import attention as comfy_attention
 from ..latent_ops.cpam_masks import pick
 from ..latent_ops.masks import to_tokens
 from .controller import Controller
-from .hooks import model_family, unet_transformer_blocks
 
 PLAN = "_cpam_plan"
-
-
-def self_attention_layers(model):
-    """Names of the model's self-attention (U-Net) or joint-attention (Flux) layers, in forward order."""
-    if model_family(model) == "unet":
-        return tuple(f"{b}.{n}.{i}" for b, n, i in unet_transformer_blocks(model.model.diffusion_model))
-    dm = model.model.diffusion_model
-    return tuple(f"double.{i}" for i in range(len(dm.double_blocks))) + \
-        tuple(f"single.{i}" for i in range(len(dm.single_blocks)))
 
 
 def plain_layers(layers, fraction, seed, step):

@@ -101,6 +101,15 @@ def unet_transformer_blocks(diffusion_model):
     return keys
 
 
+def self_attention_layers(model):
+    """Names of the model's self-attention (U-Net) or joint-attention (Flux) layers, in forward order."""
+    if model_family(model) == "unet":
+        return tuple(f"{b}.{n}.{i}" for b, n, i in unet_transformer_blocks(model.model.diffusion_model))
+    dm = model.model.diffusion_model
+    return tuple(f"double.{i}" for i in range(len(dm.double_blocks))) + \
+        tuple(f"single.{i}" for i in range(len(dm.single_blocks)))
+
+
 def dit_attention_override(func, *args, **kwargs):
     """optimized_attention_override for Flux: joint attention (text tokens first) through the chain."""
     options = kwargs.get("transformer_options") or {}

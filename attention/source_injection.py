@@ -16,8 +16,7 @@ import math
 import torch
 
 from .controller import Controller
-from .cpam import self_attention_layers
-from .hooks import model_family
+from .hooks import model_family, self_attention_layers
 
 MODES = ("key+value", "value")
 GROUPS = ("paper default", "all", "later: U-Net decoder / Flux single blocks",

@@ -1,6 +1,6 @@
 """CPAM nodes: self-attention preservation adaptation and localized cross-attention extraction (MODEL -> MODEL)."""
-from ..attention.cpam import LocalizedCrossAttention, SelfAttentionPreservation, self_attention_layers
-from ..attention.hooks import with_controller
+from ..attention.cpam import LocalizedCrossAttention, SelfAttentionPreservation
+from ..attention.hooks import self_attention_layers, with_controller
 from ..latent_ops.cpam_masks import MODES, TargetMask
 from ..latent_ops.masks import as_mask
 from .inputs import ModelPatchNode, parse_steps
