@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "workflows"))  # edit_methods imports build
 
 VARIANTS = ("plain", "unifyedit")
 
@@ -77,18 +78,21 @@ def node_settings(args, sd15):
     return s
 
 
-def embedded_workload(runtime, case_index):
-    """(model, clip or None, latent, source cond, target cond, negative, cfg, case label, target prompt, word)."""
+def embedded_workload(runtime, case_index, denoiser="unet"):
+    """(model, clip or None, latent, source cond, target cond, negative, cfg, case label, target prompt, word, case)
+    on the embedded denoiser ('unet' or 'flux'), with the edit benchmark's target CFG."""
     import torch
     from embedded import dataset
     from embedded.edit_suite import benchmark_cases
+    from edit_methods import CFG
     case = benchmark_cases()[case_index]
-    model, clip, vae = runtime.pack_module("embedded.loader").load_embedded("unet")
+    model, clip, vae = runtime.pack_module("embedded.loader").load_embedded(denoiser)
     encode = lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))  # noqa: E731
     image, _ = dataset.render_scene(case.source, 64)
     latent = vae.encode(torch.from_numpy(image)[None])
     return dict(model=model, clip=clip, latent=latent, src=encode(case.source_prompt), tgt=encode(case.target_prompt),
-                neg=encode(""), cfg=4.0, label=case.name, prompt=case.target_prompt, words=case.target_word)
+                neg=encode(""), cfg=CFG[denoiser], label=case.name, prompt=case.target_prompt,
+                words=case.target_word, case=case)
 
 
 def sd15_workload(device, size):
@@ -110,6 +114,18 @@ def variants(runtime, work, settings):
     return {"plain": work["model"], "unifyedit": patched}
 
 
+def timed_edit(runtime, model, inv, branches, negative, sync, clock=time.perf_counter):
+    """Seconds of one Edit Sampler run (latent_ops.edit.edit, as the node runs it) and its {role: latent}."""
+    edit = runtime.pack_module("latent_ops.edit")
+    sync()
+    start = clock()
+    out, run = edit.edit(model, inv, branches, negative=negative)
+    sync()
+    end = clock()
+    run.release()
+    return end - start, out
+
+
 def run_once(runtime, model, work, steps, sync, clock=time.perf_counter):
     """Seconds of (inversion, edit) and the edited latent, as the Invert and Edit Sampler nodes run them."""
     inversion = runtime.pack_module("latent_ops.inversion")
@@ -119,12 +135,10 @@ def run_once(runtime, model, work, steps, sync, clock=time.perf_counter):
     inv = inversion.invert(model, work["latent"], work["src"], steps=steps)
     sync()
     mid = clock()
-    out, run = edit.edit(model, inv, [edit.Branch("source", work["src"], 1.0),
-                                      edit.Branch("target", work["tgt"], work["cfg"])], negative=work["neg"])
-    sync()
-    end = clock()
-    run.release()
-    return mid - start, end - mid, out["target"]
+    t_edit, out = timed_edit(runtime, model, inv, [edit.Branch("source", work["src"], 1.0),
+                                                   edit.Branch("target", work["tgt"], work["cfg"])],
+                             work["neg"], sync, clock)
+    return mid - start, t_edit, out["target"]
 
 
 def _status_mb(field):
