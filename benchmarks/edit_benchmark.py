@@ -58,15 +58,17 @@ def score(case, edited, recon, scorer):
     return row
 
 
-def run(denoisers, method_names, cases, steps, out_path, per_kind=2, builders=None):
+def run(denoisers, method_names, cases, steps, out_path, per_kind=2, builders=None, kinds=None):
     """builders: optional {name: build(denoiser, case, image_name, steps)} used instead of edit_methods'
-    (e.g. benchmarks/unifyedit_sweep.py's parameter variants)."""
+    (e.g. benchmarks/unifyedit_sweep.py's parameter variants); kinds: keep only cases of these edit kinds."""
     import torch
     from harness import runtime
     import edit_methods
     from embedded.edit_suite import benchmark_cases
     runtime.boot()
-    suite = benchmark_cases(per_kind)
+    suite = [c for c in benchmark_cases(per_kind) if not kinds or c.kind in kinds]
+    if not suite:
+        raise ValueError(f"--kinds {kinds}: no benchmark case of these kinds")
     chosen = suite[:cases] if cases else suite
     write_case_images(chosen)
     scorer = clip_scorer()
@@ -123,6 +125,7 @@ def table(results):
 
 def main():
     import edit_methods
+    from embedded.edit_suite import KINDS
     parser = argparse.ArgumentParser()
     parser.add_argument("--from-json", default=None, help="print the tables of a saved run instead of running")
     parser.add_argument("--denoisers", nargs="+", default=["unet", "flux"])
@@ -130,6 +133,8 @@ def main():
     parser.add_argument("--cases", type=int, default=0, help="first N cases only (0: all)")
     parser.add_argument("--per-kind", type=int, default=2,
                         help="generated cases per edit kind after the 7 fixed ones (embedded/edit_suite.py)")
+    parser.add_argument("--kinds", nargs="+", default=None, choices=KINDS,
+                        help="only cases of these edit kinds (e.g. --kinds colour --per-kind 10 for one claim)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "output" / "benchmark.json"))
@@ -141,7 +146,7 @@ def main():
         return
     import torch
     torch.set_num_threads(args.threads)
-    results = run(args.denoisers, args.methods, args.cases, args.steps, args.out, args.per_kind)
+    results = run(args.denoisers, args.methods, args.cases, args.steps, args.out, args.per_kind, kinds=args.kinds)
     print(table(results))
     print(kind_table(results))
     print(f"\nper-case results: {args.out}")
