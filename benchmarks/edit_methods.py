@@ -59,10 +59,10 @@ def _predicted_mask(technique, mode):
     return _with_mask(technique, lambda g, ctx: workflows.region_mask(g, ctx, mode))
 
 
-def _source_injection(mode):
-    """Source Attention Injection with the paper's defaults (steps and layers scaled to the model and step count)."""
+def _source_injection(mode, end_step=-1, layers="paper default"):
+    """Source Attention Injection; by default with the paper's steps and layers (scaled to the model and steps)."""
     return lambda g, ctx: g.add("AttentionEditSourceInjection", model=ctx["model"], mode=mode, start_step=-1,
-                                end_step=-1, layers="paper default", layer_fraction=0.0)[0]
+                                end_step=end_step, layers=layers, layer_fraction=0.0)[0]
 
 
 METHODS = {
@@ -87,6 +87,10 @@ METHODS = {
     # source-injection baselines (MasaCtrl mutual self-attention; RF-Solver-Edit V sharing, Flux only)
     "masactrl": lambda d, c, i, s: _graph(d, c, i, s, patch=_source_injection("key+value (MasaCtrl)")),
     "rf_solver_edit_v": lambda d, c, i, s: _graph(d, c, i, s, patch=_source_injection("value (RF-Solver-Edit)")),
+    # V-only injection with KV-Mix's strength (every layer, the example's first 5 steps) but no mask: isolates
+    # what ProEdit's mask-restricted K+V mixing adds over unmasked V sharing
+    "v_injection_kvmix_steps": lambda d, c, i, s: _graph(d, c, i, s, patch=_source_injection(
+        "value (RF-Solver-Edit)", end_step=5, layers="all")),
     # the same techniques with the mask predicted from the instruction (trained predictor / per-image search)
     "proedit_region_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_predicted_mask(workflows.proedit_patch,
                                                                                        "trained")),
