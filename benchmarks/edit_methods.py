@@ -76,7 +76,7 @@ METHODS = {
     "recon_uniform_maps": lambda d, c, i, s: _graph(d, c, i, s, patch=_uniform_everywhere, target_with="source",
                                                     target_cfg=1.0, source_mode="reconstruct"),
     # techniques
-    "uam_blend": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.uam_patch, aux=True),
+    "uam_blend": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.uam_patch, aux=True, invert_with="empty"),
     "proedit_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.proedit_patch),
     "kvmix_only_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=lambda g, x: workflows.proedit_patch(
         g, x, shift=False)),

@@ -122,7 +122,9 @@ def uam_patch(g, ctx):
 
 
 def uam_edit(backbone):
-    return edit_workflow(backbone, "uniform_attention_blend", uam_patch, aux=True)
+    # The paper inverts with uniform maps and the empty prompt, so the aux branch (uniform + empty) retraces the
+    # inversion; inverting with the source prompt instead left the aux fill off the source (artefacts in the blend).
+    return edit_workflow(backbone, "uniform_attention_blend", uam_patch, aux=True, invert_empty=True)
 
 
 def cpam_patch(g, ctx):
