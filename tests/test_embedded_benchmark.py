@@ -21,6 +21,17 @@ def test_edit_benchmark_runs_on_a_subset(comfy, tmp_path):
     assert "target_prompt" in edit_benchmark.table(results)
 
 
+def test_edit_benchmark_kinds_filter(comfy, tmp_path):
+    import edit_benchmark
+    import pytest
+    results = edit_benchmark.run(["flux"], ["v_injection_kvmix_steps"], 1, 2, tmp_path / "b.json", per_kind=1,
+                                 kinds=["shape"])
+    rows = results["flux"]["v_injection_kvmix_steps"]["cases"]
+    assert [r["kind"] for r in rows] == ["shape"]
+    with pytest.raises(ValueError, match="no benchmark case"):
+        edit_benchmark.run(["flux"], ["target_prompt"], 0, 2, tmp_path / "c.json", per_kind=0, kinds=["nothing"])
+
+
 def test_edit_cases_have_consistent_masks():
     sys.path.insert(0, str(ROOT))
     from embedded import dataset
