@@ -12,7 +12,7 @@ before the run).
     .venv/bin/python benchmarks/unifyedit_overhead.py [--cases 2] [--threads 1] [--steps 20] [--repeats 3]
     .venv/bin/python benchmarks/unifyedit_overhead.py --sd15-random [--size 64]   # SD1.5-size U-Net, random
                                                      # weights (fp16 on a GPU), 512x512; CPU smoke:
-    ... --sd15-random --size 8 --steps 1 --repeats 1 --warmup 0 --config bal_weak --skip-memory
+    ... --sd15-random --size 8 --steps 1 --repeats 1 --warmup 0 --config bal_iter2 --skip-memory
 """
 import argparse
 import json

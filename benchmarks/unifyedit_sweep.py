@@ -29,13 +29,12 @@ BASELINES = ("target_prompt", "recon_source_prompt")
 # (a) the gradient modes at the node defaults (the paper's ablation)
 MODES = {"ue_naive": {"gradient_mode": "naive"}, "ue_normalized": {"gradient_mode": "normalized"},
          "ue_balanced": {"gradient_mode": "balanced"}}
-# (b) balanced mode: weaker / shorter optimisation (the defaults damage the background) and the scheduler's shape
+# (b) balanced mode: optimisation strength and the scheduler's shape
 GRID = {
-    "bal_step1": {"step_size": 1.0},                                     # 0.4x the step
-    "bal_step0.5": {"step_size": 0.5},                                   # 0.2x the step
+    "bal_step5": {"step_size": 5.0},                                     # 2x the step
+    "bal_step10": {"step_size": 10.0},                                   # 4x the step
     "bal_iter2": {"iterations": 2},                                      # fewer gradient steps per step
     "bal_active5": {"active_steps": 5},                                  # optimise the first quarter only
-    "bal_weak": {"iterations": 2, "step_size": 1.0, "active_steps": 5},  # all three together
     "bal_sa2_ca0.5": {"beta1": 2.0, "beta2": 0.5},                       # preservation-heavy magnitudes
     "bal_k1": {"k1": 1.0, "k2": 1.0},                                    # slow crossover (near linear)
     "bal_k8": {"k1": 8.0, "k2": 8.0},                                    # alignment only in the first steps

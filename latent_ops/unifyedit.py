@@ -7,8 +7,10 @@ Conventions (see docs/unifyedit.md):
           (= 1 - R/(1+R): bounded in (0, 1], falls as R grows, saturates instead of running away).
   Both are summed over the target images of the batch (images are independent, so per-image gradients are exact).
   naive:      g = beta1 * dL_SAP + beta2 * dL_CAA
-  normalized: g = beta1 * dL_SAP/|dL_SAP| + beta2 * dL_CAA/|dL_CAA|           (norms per image)
-  balanced:   g = w_sa(p) * dL_SAP/|dL_SAP| + w_ca(p) * dL_CAA/|dL_CAA|
+  normalized: g = beta1 * unit(dL_SAP) + beta2 * unit(dL_CAA)
+  balanced:   g = w_sa(p) * unit(dL_SAP) + w_ca(p) * unit(dL_CAA)
+              unit(x) = x / |x| * sqrt(n / 16384) per image (n latent elements; norm 1 on SD1.5 at 512 px, the
+              same per-element size at every resolution)
               w_sa(p) = beta1 * (1 - exp(-k1 p)) / (1 - exp(-k1))   rises 0 -> beta1
               w_ca(p) = beta2 * exp(-k2 p)                          falls beta2 -> beta2 exp(-k2)
               p = step / (active_steps - 1): the fraction of the optimised part of the trajectory done.
@@ -27,6 +29,7 @@ from .masks import to_tokens
 
 MODES = ("balanced", "normalized", "naive")
 EPS = 1e-8
+REFERENCE_ELEMENTS = 4 * 64 * 64  # one SD1.5 latent at 512x512 px: unit() has norm 1 there
 
 
 def sap_loss(sa, mask=None):
@@ -85,9 +88,12 @@ def schedule_weights(p, beta1, beta2, k1, k2):
 
 
 def unit(g):
-    """g divided by its L2 norm per image (zero stays zero)."""
-    norms = g.flatten(1).norm(dim=1).view(-1, *([1] * (g.ndim - 1)))
-    return g / norms.clamp_min(EPS)
+    """g normalised per image to the norm sqrt(n / REFERENCE_ELEMENTS), n = elements per image: the per-element
+    size of a unit vector on an SD1.5 latent at 512 px, at any latent size, so a step_size moves every latent
+    element by the same amount at every resolution (zero stays zero)."""
+    flat = g.flatten(1)
+    norms = flat.norm(dim=1).view(-1, *([1] * (g.ndim - 1)))
+    return g * (math.sqrt(flat.shape[1] / REFERENCE_ELEMENTS) / norms.clamp_min(EPS))
 
 
 def combine(g_sa, g_ca, mode, w_sa, w_ca):

@@ -87,13 +87,17 @@ def test_gradient_modes_combine_as_specified(ue):
     g_sa, g_ca = torch.randn(2, 4, 3, 3, generator=g) * 10, torch.randn(2, 4, 3, 3, generator=g) * 0.01
     naive = ue.ops.combine(g_sa, g_ca, "naive", 0.5, 2.0)
     torch.testing.assert_close(naive, 0.5 * g_sa + 2.0 * g_ca)
+    size = (36 / (4 * 64 * 64)) ** 0.5  # norm of a unit vector of an SD1.5 512 px latent spread over 36 elements
     norm = ue.ops.combine(g_sa, g_ca, "normalized", 1.0, 0.0)
-    torch.testing.assert_close(norm.flatten(1).norm(dim=1), torch.ones(2))  # unit-norm per image
+    torch.testing.assert_close(norm.flatten(1).norm(dim=1), torch.full((2,), size))
     for mode in ("normalized", "balanced"):
         both = ue.ops.combine(g_sa, g_ca, mode, 0.5, 2.0)
         n_sa = g_sa.flatten(1).norm(dim=1).view(2, 1, 1, 1)
         n_ca = g_ca.flatten(1).norm(dim=1).view(2, 1, 1, 1)
-        torch.testing.assert_close(both, 0.5 * g_sa / n_sa + 2.0 * g_ca / n_ca)
+        torch.testing.assert_close(both, size * (0.5 * g_sa / n_sa + 2.0 * g_ca / n_ca))
+    # on an SD1.5 latent at 512 px the normalised gradient has unit norm
+    big = torch.randn(1, 4, 64, 64, generator=g)
+    torch.testing.assert_close(ue.ops.unit(big).norm(), torch.tensor(1.0))
     # a missing gradient counts as zero; zero stays zero
     torch.testing.assert_close(ue.ops.combine(None, g_ca, "balanced", 1.0, 1.0), ue.ops.unit(g_ca))
     assert ue.ops.unit(torch.zeros(1, 2)).abs().sum() == 0
