@@ -37,7 +37,7 @@ GRID = {
     "bal_active5": {"active_steps": 5},                                  # optimise the first quarter only
     "bal_sa2_ca0.5": {"beta1": 2.0, "beta2": 0.5},                       # preservation-heavy magnitudes
     "bal_k1": {"k1": 1.0, "k2": 1.0},                                    # slow crossover (near linear)
-    "bal_k8": {"k1": 8.0, "k2": 8.0},                                    # alignment only in the first steps
+    "bal_k3": {"k1": 3.0, "k2": 3.0},                                    # crossover at a fifth of the window
 }
 CONFIGS = {**MODES, **{name: {"gradient_mode": "balanced", **o} for name, o in GRID.items()}}
 

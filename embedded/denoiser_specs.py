@@ -13,7 +13,9 @@ FLUX = {
     "config": {"context_dim": 384, "pooled_dim": 384, "hidden_size": 192, "heads": 4, "double_blocks": 3,
                "single_blocks": 3, "guidance_embed": False, "patch_size": 1},
     "shift": 1.0,
-    "sampler": {"sampler_name": "euler", "scheduler": "simple", "steps": 20, "cfg": 3.0},
+    # sampler sweep (round 3, 750 steps in): euler/simple 20 cfg 3: 61.5%, 30 cfg 2: 64.6%, euler_ancestral 30 cfg 3:
+    # 71.9%; model shift 0.5 / 1.6 instead of 1.0: 70.8% / 67.7%
+    "sampler": {"sampler_name": "euler_ancestral", "scheduler": "simple", "steps": 30, "cfg": 3.0},
 }
 
 SPECS = {"unet": UNET, "flux": FLUX}

@@ -15,9 +15,11 @@ Round 2 (data version 2: single objects of radius 0.2-0.33, 3-5 latent cells; sa
  8. unet3:   U-Net fine-tuning, 1500 steps
  9. unet4:   U-Net fine-tuning, 800 more steps at half the rate           -> weights/shapes_unet.safetensors
 10. flux2:   Flux (2x2 patches) fine-tuning, 1500 steps
-11. flux3:   Flux re-patched to 1x1 patches (8x8 image tokens) and trained on -> weights/shapes_flux.safetensors
+11. flux3:   Flux re-patched to 1x1 patches (8x8 image tokens) and trained on, 1000 steps
 12. decoder2: decoder-only fine-tuning on version-2 scenes                -> weights/shapes_taesd.safetensors
-13. quality gates (exit status 1 if one fails)
+Round 3:
+13. flux4:   Flux fine-tuning, 1800 more steps                            -> weights/shapes_flux.safetensors
+14. quality gates (exit status 1 if one fails)
 Intermediate weights go to /tmp/embedded_stages/. The region predictor has its own script
 (embedded/train_region_predictor.py, see embedded/README.md).
 """
@@ -54,10 +56,13 @@ STAGES = [
                f"{T}/decoder1.safetensors", "--init", f"{T}/flux1.safetensors", "--steps", "1500", "--lr", "3e-4",
                "--out", f"{T}/flux2.safetensors"]),
     ("flux3", ["embedded.train_denoiser", "--model", "flux", "--vae", f"{T}/decoder1.safetensors", "--init",
-               f"{T}/flux2.safetensors", "--steps", "1000", "--lr", "3e-4", "--seed", "2", "--out", paths.FLUX]),
+               f"{T}/flux2.safetensors", "--steps", "1000", "--lr", "3e-4", "--seed", "2", "--out",
+               f"{T}/flux3.safetensors"]),
     ("decoder2", ["embedded.train_autoencoder", "--init", f"{T}/decoder1.safetensors", "--freeze-encoder",
                   "--crop-steps", "1200", "--full-steps", "300", "--lr", "3e-4", "--warmup", "20", "--seed", "4",
                   "--out", paths.AUTOENCODER]),
+    ("flux4", ["embedded.train_denoiser", "--model", "flux", "--init", f"{T}/flux3.safetensors", "--steps", "1800",
+               "--lr", "2e-4", "--seed", "3", "--out", paths.FLUX]),
 ]
 
 

@@ -113,8 +113,8 @@ class UnifyEditConfig:
     mode: str = "balanced"
     beta1: float = 1.0
     beta2: float = 1.0
-    k1: float = 3.0
-    k2: float = 3.0
+    k1: float = 8.0
+    k2: float = 8.0
     iterations: int = 5
     step_size: float = 2.5
     active_steps: int = 10

@@ -72,9 +72,9 @@ class SAPreserveOptimizer(ModelPatchNode):
                           "of the self-attention preservation term (its final weight in balanced mode)."}),
                 "beta2": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05, "tooltip": "Magnitude "
                           "of the cross-attention alignment term (its first weight in balanced mode)."}),
-                "k1": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 50.0, "step": 0.1, "tooltip": "How fast the "
+                "k1": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 50.0, "step": 0.1, "tooltip": "How fast the "
                        "preservation weight rises: beta1*(1-exp(-k1 p))/(1-exp(-k1)); 0 = linear."}),
-                "k2": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 50.0, "step": 0.1, "tooltip": "How fast the "
+                "k2": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 50.0, "step": 0.1, "tooltip": "How fast the "
                        "alignment weight falls: beta2*exp(-k2 p); 0 = constant."}),
                 "iterations": ("INT", {"default": 5, "min": 0, "max": 50, "tooltip": "Gradient steps per denoising "
                                "step (each costs one forward + backward pass); 0 = plain editing."}),

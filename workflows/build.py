@@ -161,7 +161,7 @@ def unifyedit_patch(g, ctx):
     word = case.target_word if case is not None else "dog"
     scale = "1/2" if case is not None else "1/4"  # the embedded U-Net's coarsest attention grid is 1/2
     return g.add("AttentionEditSAPreserveOptimizer", model=ctx["model"], edit_tokens=word, gradient_mode="balanced",
-                 beta1=1.0, beta2=1.0, k1=3.0, k2=3.0, iterations=5, step_size=2.5, active_steps=10,
+                 beta1=1.0, beta2=1.0, k1=8.0, k2=8.0, iterations=5, step_size=2.5, active_steps=10,
                  sa_layers=scale, ca_layers=scale, attention_precision="float32", clip=ctx["clip"],
                  target_prompt=text, sap_region="full", layer_names="")[0]
 
