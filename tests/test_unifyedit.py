@@ -145,8 +145,8 @@ def test_update_follows_the_mode_and_only_the_target_changes(ue, fixtures, sd15,
     model, inv, plain = sd15
     log = []
     active = 2 if mode == "balanced" else 1
-    patched = optimised(ue, model, mode=mode, iterations=2, active_steps=active, beta1=0.8, beta2=1.2,
-                        step_size=3.0, on_update=log.append)
+    patched = optimised(ue, model, mode=mode, iterations=2, active_steps=active, beta1=0.8, beta2=1.2, k1=3.0,
+                        k2=3.0, step_size=3.0, on_update=log.append)
     out, run = edit_pair(ue, fixtures, patched, inv)
     assert [(e["step"], e["iteration"]) for e in log] == [(0, 0), (0, 1), (1, 0), (1, 1)][:2 * active]
     for e in log:
