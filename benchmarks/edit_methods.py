@@ -75,6 +75,9 @@ METHODS = {
                                                      source_mode="reconstruct"),
     "recon_uniform_maps": lambda d, c, i, s: _graph(d, c, i, s, patch=_uniform_everywhere, target_with="source",
                                                     target_cfg=1.0, source_mode="reconstruct"),
+    "recon_uniform_maps_empty": lambda d, c, i, s: _graph(d, c, i, s, patch=_uniform_everywhere, invert_with="empty",
+                                                          target_with="empty", target_cfg=1.0,
+                                                          source_mode="reconstruct"),
     # techniques
     "uam_blend": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.uam_patch, aux=True, invert_with="empty"),
     "proedit_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.proedit_patch),
