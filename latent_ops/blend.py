@@ -2,8 +2,8 @@
 
 Adaptive (UAM, three branches): at step i, diff = |x0_into - x0_source| per latent element; threshold = the
 q_i-quantile of diff over each image's latent (all channels), q_i = q * i / (steps - 1) ramping linearly to q;
-mask = diff > threshold_scale * threshold (threshold_scale 2 is what the authors' code computes: it subtracts the
-clamped difference before comparing with the threshold again; 1 is the paper's text), dilated by a
+mask = diff > threshold_scale * threshold (threshold_scale 1 is the paper's text and the default; 2 is what the
+authors' code computes: it subtracts the clamped difference before comparing with the threshold again), dilated by a
 (2 * radius + 1)^2 max-pool per channel. Below the gate sigma (T_mask): x0_into = mask * x0_into + (1 - mask) * x0_fill.
 Mask 1 keeps the branch's own content (where the branches differ: the edit), 0 takes the fill branch (the rest).
 
@@ -38,7 +38,7 @@ def dilate(mask, radius=1):
     return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
 
 
-def adaptive_mask(x0_into, x0_source, q, threshold_scale=2.0, radius=1):
+def adaptive_mask(x0_into, x0_source, q, threshold_scale=1.0, radius=1):
     """Float mask [B, C, H, W] (1 where x0_into differs from x0_source by more than threshold_scale times the
     q-quantile of the difference of that image), dilated."""
     diff = (x0_into.float() - x0_source.float()).abs()
@@ -96,7 +96,7 @@ class BlendHook(LatentHook):
     estimate as the new denoised value.
     """
 
-    def __init__(self, mode="adaptive", into="target", fill="aux", quantile=0.5, threshold_scale=2.0, radius=1,
+    def __init__(self, mode="adaptive", into="target", fill="aux", quantile=0.5, threshold_scale=1.0, radius=1,
                  gate=math.inf, flow=False, mask=None, keep_noise=True, key=MASKS_KEY):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")

@@ -223,7 +223,7 @@ def test_adaptive_blend_keeps_per_step_masks_below_the_gate(uam, fixtures, kind)
     flow = kind == "flux"
     sigmas = uam.inversion.schedule(model, 3, "simple")
     gate = float(sigmas[1])  # only step 2 evaluates below it
-    hook = uam.blend.BlendHook("adaptive", "target", "aux", quantile=0.5, gate=gate, flow=flow)
+    hook = uam.blend.BlendHook("adaptive", "target", "aux", quantile=0.5, threshold_scale=2.0, gate=gate, flow=flow)
     out, run = go(uam.latent_hooks.with_latent_hook(model, hook))
     masks = run.store[uam.blend.MASKS_KEY]
     assert sorted(masks) == [2]

@@ -118,7 +118,7 @@ def uam_patch(g, ctx):
     """Uniform Attention Maps: uniform cross-attention on the aux branch (and during inversion) + adaptive blend."""
     model = g.add("AttentionEditUniformAttnPatch", model=ctx["model"], branches="aux", during_inversion=True)
     return g.add("AttentionEditBlend", model=model[0], mode="adaptive", into="target", fill="aux", quantile=0.5,
-                 threshold_scale=2.0, T_mask=200, dilation=1)[0]
+                 threshold_scale=1.0, T_mask=200, dilation=1)[0]
 
 
 def uam_edit(backbone):
