@@ -3,6 +3,7 @@ attention (planted maps, tokenizer positions, nodes), a full graph, and clear er
 import pytest
 import torch
 from graphs import tiny_inputs
+from probes import EditProbe
 
 
 @pytest.fixture(scope="module")
@@ -107,41 +108,20 @@ def test_batch_and_inversion_cache_sources_agree(pe, fixtures, kind, cfg):
     assert not torch.allclose(batch, edit_with(pe, model, inv, pos, tgt, neg, cfg), atol=1e-4)
 
 
-class Probe:
-    """Records q, k, v of every call it sees (placed before and after KV-mix in the chain)."""
-    kinds = ("self", "joint", "cross")
-
-    def __init__(self, log):
-        self.log = log
-
-    def wants(self, call):
-        return call.run is not None and call.run.phase == "edit"
-
-    def before(self, call):
-        self.log.append((call.layer, call.kind, call.step, call.q.clone(), call.k.clone(), call.v.clone(),
-                         tuple(call.roles), tuple(call.conds), call.img, call.txt, call.grid))
-
-    def after(self, call, out):
-        return out
-
-    def __deepcopy__(self, memo):
-        return self
-
-
 @pytest.mark.parametrize("kind,edit_type", [("sd15", "change"), ("flux", "change"), ("flux", "add"),
                                             ("flux", "style")])
 def test_only_masked_tokens_mix(pe, fixtures, kind, edit_type):
     model, inv, pos, tgt, neg = setup(pe, fixtures, kind)
     pre, post = [], []
     delta = 0.7
-    patched = pe.hooks.with_controller(model, Probe(pre))
+    patched = pe.hooks.with_controller(model, EditProbe(pre))
     patched = pe.hooks.with_controller(patched, pe.kv_mix.KVMix(half_mask(1, 128), delta, 1, edit_type))
-    patched = pe.hooks.with_controller(patched, Probe(post))
+    patched = pe.hooks.with_controller(patched, EditProbe(post))
     edit_with(pe, patched, inv, pos, tgt, neg)
     assert len(pre) == len(post) > 0
     checked = 0
     for a, b in zip(pre, post):
-        layer, kind_, step, q0, k0, v0, roles, conds, img, txt, grid = a
+        kind_, layer, step, q0, k0, v0, roles, conds, img, txt, grid = a
         _, _, _, q1, k1, v1, *_ = b
         assert torch.equal(q0, q1)
         if kind_ == "cross" or step >= 1:

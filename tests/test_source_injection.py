@@ -4,6 +4,7 @@ papers' layer counts), pass pairing, the node through ComfyUI's executor, and cl
 import pytest
 import torch
 from graphs import tiny_inputs
+from probes import EditProbe
 
 NODE = "AttentionEditSourceInjection"
 KV, V = "key+value (MasaCtrl)", "value (RF-Solver-Edit)"
@@ -156,27 +157,6 @@ def test_every_input_has_a_tooltip(si):
 
 # ----- the layers and steps it acts on, in real sampling ----------------------------------------------------------
 
-class Probe:
-    """Records q, k, v of every edit-phase call (placed before and after the injection in the chain)."""
-    kinds = ("self", "cross", "joint")
-
-    def __init__(self, log):
-        self.log = log
-
-    def wants(self, call):
-        return call.run is not None and call.run.phase == "edit"
-
-    def before(self, call):
-        self.log.append((call.kind, call.layer, call.step, call.q.clone(), call.k.clone(), call.v.clone(),
-                         tuple(call.roles), tuple(call.conds), call.img))
-
-    def after(self, call, out):
-        return out
-
-    def __deepcopy__(self, memo):
-        return self
-
-
 class Recorder:
     """Delegates to a controller and records the (step, layer) of every call it acts on."""
 
@@ -206,9 +186,9 @@ def run_recorded(si, fixtures, model, steps, mode, start, end, layers, fraction=
     (patched,) = si.nodes.SourceInjection().patch(model, mode, start, end, layers, fraction)
     ctl = si.controller.chain_of(patched)[-1]
     pre, post, acted = [], [], []
-    m = si.hooks.with_controller(model, Probe(pre))
+    m = si.hooks.with_controller(model, EditProbe(pre))
     m = si.hooks.with_controller(m, Recorder(ctl, acted))
-    m = si.hooks.with_controller(m, Probe(post))
+    m = si.hooks.with_controller(m, EditProbe(post))
     inv = si.inversion.invert(model, latent(), pos, steps=steps)
     si.edit.edit(m, inv, [si.edit.Branch("source", pos, 1.0), si.edit.Branch("target", tgt, cfg)], negative=neg)
     return pre, post, set(acted)
@@ -217,7 +197,7 @@ def run_recorded(si, fixtures, model, steps, mode, start, end, layers, fraction=
 def check_injection(pre, post, acted, mode):
     """Q never changes; outside `acted` nothing changes; inside, target image V (and K) are the paired source's."""
     assert len(pre) == len(post) > 0
-    for (kind, layer, step, q0, k0, v0, roles, conds, img), (_, _, _, q1, k1, v1, *_) in zip(pre, post):
+    for (kind, layer, step, q0, k0, v0, roles, conds, img, *_), (_, _, _, q1, k1, v1, *_) in zip(pre, post):
         assert torch.equal(q0, q1)
         if kind == "cross" or (step, layer) not in acted:
             assert torch.equal(k0, k1) and torch.equal(v0, v1)
