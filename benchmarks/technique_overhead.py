@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from unifyedit_overhead import boot, embedded_workload, timed_edit  # noqa: E402
+from unifyedit_overhead import add_timing_args, boot, embedded_workload, timed_edit  # noqa: E402
 
 VARIANTS = ("plain", "kvmix", "kvmix_cache", "aux_only", "uam_blend", "cpam", "masactrl")
 DENOISERS = ("unet", "flux")
@@ -62,14 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                    help="subset to measure (plain is always added)")
     p.add_argument("--case", type=int, default=0, help="index into embedded.edit_suite.benchmark_cases()")
-    p.add_argument("--steps", type=int, default=15)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each variant first (default 1)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
-                   help="cpu: process CPU time (default; robust to other jobs on the cores); wall: elapsed time")
-    p.add_argument("--json", help="also write the results to this file")
+    add_timing_args(p, steps=15, clock="cpu")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.steps < 1:
         p.error("--repeats and --steps must be at least 1")

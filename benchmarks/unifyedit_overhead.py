@@ -31,6 +31,18 @@ sys.path.insert(0, str(ROOT / "workflows"))  # edit_methods imports build
 VARIANTS = ("plain", "unifyedit")
 
 
+def add_timing_args(p, steps, clock):
+    """The options every overhead benchmark shares: steps, repeats, warm-up, threads, device, clock, JSON output."""
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each variant first (default 1)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--clock", choices=("wall", "cpu"), default=clock, help=f"wall: elapsed time; cpu: process CPU "
+                   f"time (robust to other jobs on the cores); default {clock}")
+    p.add_argument("--json", help="also write the results to this file")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=2, help="embedded model: first N benchmark cases (default 2)")
@@ -40,15 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=64, help="--sd15-random latent side (64 = 512x512 pixels)")
     p.add_argument("--config", default="ue_balanced",
                    help="UnifyEdit settings: a benchmarks/unifyedit_sweep.py variant name (default: node defaults)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each variant first (default 1)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall: elapsed time (default); cpu: process CPU time (robust to other jobs on the cores)")
+    add_timing_args(p, steps=20, clock="wall")
     p.add_argument("--skip-memory", action="store_true", help="time only (no subprocesses)")
-    p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--case-index", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
