@@ -90,6 +90,9 @@ METHODS = {
     # source-injection baselines (MasaCtrl mutual self-attention; RF-Solver-Edit V sharing, Flux only)
     "masactrl": lambda d, c, i, s: _graph(d, c, i, s, patch=_source_injection("key+value (MasaCtrl)")),
     "rf_solver_edit_v": lambda d, c, i, s: _graph(d, c, i, s, patch=_source_injection("value (RF-Solver-Edit)")),
+    # UAM on top of MasaCtrl (the paper's Table 3 pairs: "DDIM + Masa" vs "+ Ours")
+    "masactrl_uam_blend": lambda d, c, i, s: _graph(d, c, i, s, patch=lambda g, x: workflows.uam_patch(
+        g, dict(x, model=_source_injection("key+value (MasaCtrl)")(g, x))), aux=True, invert_with="empty"),
     # V-only injection with KV-Mix's strength (every layer, the example's first 5 steps) but no mask: isolates
     # what ProEdit's mask-restricted K+V mixing adds over unmasked V sharing
     "v_injection_kvmix_steps": lambda d, c, i, s: _graph(d, c, i, s, patch=_source_injection(

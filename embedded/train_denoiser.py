@@ -2,7 +2,8 @@
 
 unet: comfy.model_base.BaseModel (UNetModel), eps prediction on ComfyUI's default SD discrete schedule
       (x_t = x0 + sigma*eps, loss on eps).
-flux: comfy.model_base.Flux (MMDiT), rectified flow (x_t = (1-s)*x0 + s*eps, loss on eps - x0, s logit-normal).
+flux: comfy.model_base.Flux (MMDiT), rectified flow (x_t = (1-s)*x0 + s*eps, loss on eps - x0, s logit-normal,
+      or with --uniform-frac a share of uniform s, which trains the low-noise steps that draw the shapes' edges).
 The loss goes through model.apply_model, i.e. ComfyUI's own model_sampling input/timestep/denoised maths.
 Captions are dropped (replaced by the empty prompt's encoding) 10% of the time so CFG works.
 Saves EMA weights as fp16 safetensors with the spec (architecture + sampler defaults) in the metadata.
@@ -71,6 +72,8 @@ def main():
                     "trained with 2x2 patches is adapted to 1x1 patches)")
     ap.add_argument("--data-version", type=int, default=dataset.DATA_VERSION, choices=sorted(dataset.RADII))
     ap.add_argument("--patch-size", type=int, default=None, help="flux only: override the spec's patch size")
+    ap.add_argument("--uniform-frac", type=float, default=0.0,
+                    help="flux only: share of the batch with s ~ uniform(0,1) instead of logit-normal")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -128,7 +131,11 @@ def main():
             den = model.apply_model(x, sigma, c_crossattn=cond)
             loss = torch.nn.functional.mse_loss((x - den) / s4, noise)
         else:
-            sigma = torch.sigmoid(torch.randn(args.batch, generator=gen)).clamp(1e-3, 1 - 1e-3)
+            sigma = torch.sigmoid(torch.randn(args.batch, generator=gen))
+            if args.uniform_frac > 0:  # (no extra draws otherwise: earlier stages stay reproducible)
+                uniform = torch.rand(args.batch, generator=gen) < args.uniform_frac
+                sigma = torch.where(uniform, torch.rand(args.batch, generator=gen), sigma)
+            sigma = sigma.clamp(1e-3, 1 - 1e-3)
             sigma = ms.sigma(ms.timestep(sigma))  # identity for shift 1; keeps the model's own sigma maths
             s4 = sigma.view(-1, 1, 1, 1)
             x = (1 - s4) * x0 + s4 * noise

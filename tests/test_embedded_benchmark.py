@@ -57,3 +57,21 @@ def test_generated_cases_are_deterministic():
     from embedded.edit_suite import generated_cases
     assert generated_cases(2, seed=5) == generated_cases(2, seed=5)
     assert generated_cases(2, seed=5) != generated_cases(2, seed=6)
+
+
+def test_every_benchmark_method_builds_a_valid_graph(comfy):
+    """Each method's graph passes ComfyUI's own validation on every denoiser it supports (cheap: nothing runs)."""
+    import edit_benchmark
+    import edit_methods
+    import execution
+    from embedded.edit_suite import benchmark_cases
+    case = benchmark_cases(per_kind=1)[0]
+    edit_benchmark.write_case_images([case])
+    for name in edit_methods.METHODS:
+        for denoiser in ("unet", "flux"):
+            if name in (edit_methods.UNET_ONLY if denoiser == "flux" else edit_methods.FLUX_ONLY):
+                continue
+            prompt, edited, _ = edit_methods.build(name, denoiser, case, edit_benchmark.case_image_name(case), 4)
+            valid = comfy._state["loop"].run_until_complete(execution.validate_prompt("x", prompt, None))
+            assert valid[0], (name, denoiser, valid[1], valid[3])
+            assert edited in prompt
