@@ -1,4 +1,4 @@
-"""Train every embedded model in order, then print the quality gates. Seeded; about 4 hours on one CPU core
+"""Train every embedded model in order, then print the quality gates. Seeded; about 9 hours on one CPU core
 (stages of the same round can run in parallel on two cores, as they were).
 
     OMP_NUM_THREADS=1 python -m embedded.train_all [--skip STAGE ...]
@@ -18,8 +18,10 @@ Round 2 (data version 2: single objects of radius 0.2-0.33, 3-5 latent cells; sa
 11. flux3:   Flux re-patched to 1x1 patches (8x8 image tokens) and trained on, 1000 steps
 12. decoder2: decoder-only fine-tuning on version-2 scenes                -> weights/shapes_taesd.safetensors
 Round 3:
-13. flux4:   Flux fine-tuning, 1800 more steps                            -> weights/shapes_flux.safetensors
-14. quality gates (exit status 1 if one fails)
+13. flux4:   Flux fine-tuning, 1800 more steps
+Round 4:
+14. flux5:   Flux fine-tuning, 1500 more steps, half of them at uniform noise levels -> weights/shapes_flux.safetensors
+15. quality gates (exit status 1 if one fails)
 Intermediate weights go to /tmp/embedded_stages/. The region predictor has its own script
 (embedded/train_region_predictor.py, see embedded/README.md).
 """
@@ -62,7 +64,9 @@ STAGES = [
                   "--crop-steps", "1200", "--full-steps", "300", "--lr", "3e-4", "--warmup", "20", "--seed", "4",
                   "--out", paths.AUTOENCODER]),
     ("flux4", ["embedded.train_denoiser", "--model", "flux", "--init", f"{T}/flux3.safetensors", "--steps", "1800",
-               "--lr", "2e-4", "--seed", "3", "--out", paths.FLUX]),
+               "--lr", "2e-4", "--seed", "3", "--out", f"{T}/flux4.safetensors"]),
+    ("flux5", ["embedded.train_denoiser", "--model", "flux", "--init", f"{T}/flux4.safetensors", "--steps", "1500",
+               "--lr", "2e-4", "--seed", "5", "--uniform-frac", "0.5", "--out", paths.FLUX]),
 ]
 
 
