@@ -75,9 +75,7 @@ def run(denoisers, method_names, cases, steps, out_path, per_kind=2, builders=No
     results = {}
     for denoiser in denoisers:
         for name in method_names:
-            if denoiser == "flux" and name in edit_methods.UNET_ONLY:
-                continue
-            if denoiser == "unet" and name in edit_methods.FLUX_ONLY:
+            if not edit_methods.supports(name, denoiser):
                 continue
             rows = []
             start = time.perf_counter()

@@ -107,6 +107,11 @@ METHODS = {
 }
 
 
+def supports(method, denoiser):
+    """False for a method that exists for one denoiser family only."""
+    return method not in (UNET_ONLY if denoiser == "flux" else FLUX_ONLY)
+
+
 def build(method, denoiser, case, image_name, steps):
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}")

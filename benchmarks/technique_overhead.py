@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from unifyedit_overhead import add_timing_args, boot, embedded_workload, timed_edit  # noqa: E402
+from overhead_common import add_timing_args, boot, embedded_workload, timed_edit  # noqa: E402
 
 VARIANTS = ("plain", "kvmix", "kvmix_cache", "aux_only", "uam_blend", "cpam", "masactrl")
 DENOISERS = ("unet", "flux")

@@ -28,19 +28,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "workflows"))  # edit_methods imports build
 
+from overhead_common import add_timing_args, boot, embedded_workload, timed_edit  # noqa: E402
+
 VARIANTS = ("plain", "unifyedit")
-
-
-def add_timing_args(p, steps, clock):
-    """The options every overhead benchmark shares: steps, repeats, warm-up, threads, device, clock, JSON output."""
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each variant first (default 1)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    p.add_argument("--clock", choices=("wall", "cpu"), default=clock, help=f"wall: elapsed time; cpu: process CPU "
-                   f"time (robust to other jobs on the cores); default {clock}")
-    p.add_argument("--json", help="also write the results to this file")
 
 
 def parse_args(argv=None):
@@ -59,18 +49,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def boot(args):
-    import torch
-    torch.set_num_threads(args.threads)
-    gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
-    import logging
-    from harness import runtime
-    runtime.boot(cpu=not gpu)
-    logging.getLogger().setLevel(logging.ERROR)
-    import comfy.model_management
-    return runtime, comfy.model_management.get_torch_device()
-
-
 def node_settings(args, sd15):
     """The SAPreserveOptimizer inputs: the sweep variant's (example workflow + overrides); SD1.5 uses the node's
     1/4 layers (16x16 at 512 px) instead of the embedded model's 1/2."""
@@ -81,23 +59,6 @@ def node_settings(args, sd15):
     if sd15:
         s.update(sa_layers="1/4", ca_layers="1/4")
     return s
-
-
-def embedded_workload(runtime, case_index, denoiser="unet"):
-    """(model, clip or None, latent, source cond, target cond, negative, cfg, case label, target prompt, word, case)
-    on the embedded denoiser ('unet' or 'flux'), with the edit benchmark's target CFG."""
-    import torch
-    from embedded import dataset
-    from embedded.edit_suite import benchmark_cases
-    from edit_methods import CFG
-    case = benchmark_cases()[case_index]
-    model, clip, vae = runtime.pack_module("embedded.loader").load_embedded(denoiser)
-    encode = lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))  # noqa: E731
-    image, _ = dataset.render_scene(case.source, 64)
-    latent = vae.encode(torch.from_numpy(image)[None])
-    return dict(model=model, clip=clip, latent=latent, src=encode(case.source_prompt), tgt=encode(case.target_prompt),
-                neg=encode(""), cfg=CFG[denoiser], label=case.name, prompt=case.target_prompt,
-                words=case.target_word, case=case)
 
 
 def sd15_workload(device, size):
@@ -117,18 +78,6 @@ def variants(runtime, work, settings):
     s = dict(settings, edit_tokens=work["words"], target_prompt=work["prompt"])
     patched = node.patch(work["model"], clip=work["clip"], **s)[0]
     return {"plain": work["model"], "unifyedit": patched}
-
-
-def timed_edit(runtime, model, inv, branches, negative, sync, clock=time.perf_counter):
-    """Seconds of one Edit Sampler run (latent_ops.edit.edit, as the node runs it) and its {role: latent}."""
-    edit = runtime.pack_module("latent_ops.edit")
-    sync()
-    start = clock()
-    out, run = edit.edit(model, inv, branches, negative=negative)
-    sync()
-    end = clock()
-    run.release()
-    return end - start, out
 
 
 def run_once(runtime, model, work, steps, sync, clock=time.perf_counter):

@@ -75,6 +75,8 @@ def main():
     ap.add_argument("--uniform-frac", type=float, default=0.0,
                     help="flux only: share of the batch with s ~ uniform(0,1) instead of logit-normal")
     args = ap.parse_args()
+    if not 0.0 <= args.uniform_frac <= 1.0 or (args.uniform_frac and args.model != "flux"):
+        ap.error("--uniform-frac must lie in [0, 1] and is for --model flux only")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)

@@ -69,7 +69,7 @@ def test_every_benchmark_method_builds_a_valid_graph(comfy):
     edit_benchmark.write_case_images([case])
     for name in edit_methods.METHODS:
         for denoiser in ("unet", "flux"):
-            if name in (edit_methods.UNET_ONLY if denoiser == "flux" else edit_methods.FLUX_ONLY):
+            if not edit_methods.supports(name, denoiser):
                 continue
             prompt, edited, _ = edit_methods.build(name, denoiser, case, edit_benchmark.case_image_name(case), 4)
             valid = comfy._state["loop"].run_until_complete(execution.validate_prompt("x", prompt, None))
