@@ -1,4 +1,4 @@
-"""Train every embedded model in order, then print the quality gates. Seeded; about 9 hours on one CPU core
+"""Train every embedded model in order, then print the quality gates. Seeded; about 11 hours on one CPU core
 (stages of the same round can run in parallel on two cores, as they were).
 
     OMP_NUM_THREADS=1 python -m embedded.train_all [--skip STAGE ...]
@@ -20,8 +20,11 @@ Round 2 (data version 2: single objects of radius 0.2-0.33, 3-5 latent cells; sa
 Round 3:
 13. flux4:   Flux fine-tuning, 1800 more steps
 Round 4:
-14. flux5:   Flux fine-tuning, 1500 more steps, half of them at uniform noise levels -> weights/shapes_flux.safetensors
-15. quality gates (exit status 1 if one fails)
+14. flux5:   Flux fine-tuning, 1500 more steps, half of them at uniform noise levels
+Round 5:
+15. flux6:   the same again from flux5 (1500 steps, seed 6)
+16. flux7:   1000 more steps at lr 1.5e-4                                 -> weights/shapes_flux.safetensors
+17. quality gates (exit status 1 if one fails)
 Intermediate weights go to /tmp/embedded_stages/. The region predictor has its own script
 (embedded/train_region_predictor.py, see embedded/README.md).
 """
@@ -66,7 +69,11 @@ STAGES = [
     ("flux4", ["embedded.train_denoiser", "--model", "flux", "--init", f"{T}/flux3.safetensors", "--steps", "1800",
                "--lr", "2e-4", "--seed", "3", "--out", f"{T}/flux4.safetensors"]),
     ("flux5", ["embedded.train_denoiser", "--model", "flux", "--init", f"{T}/flux4.safetensors", "--steps", "1500",
-               "--lr", "2e-4", "--seed", "5", "--uniform-frac", "0.5", "--out", paths.FLUX]),
+               "--lr", "2e-4", "--seed", "5", "--uniform-frac", "0.5", "--out", f"{T}/flux5.safetensors"]),
+    ("flux6", ["embedded.train_denoiser", "--model", "flux", "--init", f"{T}/flux5.safetensors", "--steps", "1500",
+               "--lr", "2e-4", "--seed", "6", "--uniform-frac", "0.5", "--out", f"{T}/flux6.safetensors"]),
+    ("flux7", ["embedded.train_denoiser", "--model", "flux", "--init", f"{T}/flux6.safetensors", "--steps", "1000",
+               "--lr", "1.5e-4", "--seed", "7", "--uniform-frac", "0.5", "--out", paths.FLUX]),
 ]
 
 
