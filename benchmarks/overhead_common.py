@@ -35,7 +35,7 @@ def boot(args):
 
 
 def embedded_workload(runtime, case_index, denoiser="unet"):
-    """(model, clip or None, latent, source cond, target cond, negative, cfg, case label, target prompt, word, case)
+    """{model, clip, latent, src, tgt, neg, cfg, label, prompt, words, case}
     on the embedded denoiser ('unet' or 'flux'), with the edit benchmark's target CFG."""
     import torch
     from embedded import dataset

@@ -32,11 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from overhead_common import add_timing_args, boot, embedded_workload, timed_edit  # noqa: E402
+from overhead_common import add_timing_args, boot, embedded_workload, timed_edit  # sets the import paths
 
 VARIANTS = ("plain", "kvmix", "kvmix_cache", "aux_only", "uam_blend", "cpam", "masactrl")
 DENOISERS = ("unet", "flux")

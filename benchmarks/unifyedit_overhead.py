@@ -23,12 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "workflows"))  # edit_methods imports build
-
-from overhead_common import add_timing_args, boot, embedded_workload, timed_edit  # noqa: E402
+from overhead_common import add_timing_args, boot, embedded_workload, timed_edit  # sets the import paths
 
 VARIANTS = ("plain", "unifyedit")
 
