@@ -26,3 +26,9 @@ def setup(cpu=True):
         from comfy.cli_args import args
         args.cpu = cpu
         args.use_pytorch_cross_attention = True  # SDPA: much faster on CPU than ComfyUI's default there
+
+
+def add_threads_argument(parser):
+    """The scripts' --threads option (default 1: the recorded runs used one core each, side by side)."""
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for this run (2 uses both cores of a 2-core machine)")

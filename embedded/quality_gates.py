@@ -93,8 +93,9 @@ def main():
     ap.add_argument("--unet", default=paths.UNET, help="U-Net weights to gate (default: the shipped ones)")
     ap.add_argument("--flux", default=paths.FLUX, help="Flux weights to gate (default: the shipped ones)")
     ap.add_argument("--vae", default=paths.AUTOENCODER, help="autoencoder to gate (default: the shipped one)")
+    comfy_env.add_threads_argument(ap)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     import comfy.utils
     comfy.utils.set_progress_bar_enabled(args.progress)
     results, ok = {}, True

@@ -80,8 +80,10 @@ STAGES = [
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip", nargs="*", default=[], choices=[s for s, _ in STAGES])
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads per stage (stages run one after another)")
     args = ap.parse_args()
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    threads = ["--threads", str(args.threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.makedirs(paths.WEIGHTS_DIR, exist_ok=True)
     os.makedirs(T, exist_ok=True)
@@ -90,9 +92,9 @@ def main():
             continue
         t0 = time.time()
         print(f"== {name}: python -m {' '.join(cmd)}", flush=True)
-        subprocess.run([sys.executable, "-m", *cmd], cwd=root, env=env, check=True)
+        subprocess.run([sys.executable, "-m", *cmd, *threads], cwd=root, env=env, check=True)
         print(f"== {name} done in {(time.time() - t0) / 60:.1f} min", flush=True)
-    r = subprocess.run([sys.executable, "-m", "embedded.quality_gates"], cwd=root, env=env)
+    r = subprocess.run([sys.executable, "-m", "embedded.quality_gates", *threads], cwd=root, env=env)
     raise SystemExit(r.returncode)
 
 

@@ -70,8 +70,9 @@ def main():
                     help="decoder sees z + U(0, this) * std(z) * noise on half of each batch (robust decoding)")
     ap.add_argument("--out", default=paths.AUTOENCODER)
     ap.add_argument("--data-version", type=int, default=dataset.DATA_VERSION, choices=sorted(dataset.RADII))
+    comfy_env.add_threads_argument(ap)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 

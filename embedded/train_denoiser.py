@@ -74,10 +74,11 @@ def main():
     ap.add_argument("--patch-size", type=int, default=None, help="flux only: override the spec's patch size")
     ap.add_argument("--uniform-frac", type=float, default=0.0,
                     help="flux only: share of the batch with s ~ uniform(0,1) instead of logit-normal")
+    comfy_env.add_threads_argument(ap)
     args = ap.parse_args()
     if not 0.0 <= args.uniform_frac <= 1.0 or (args.uniform_frac and args.model != "flux"):
         ap.error("--uniform-frac must lie in [0, 1] and is for --model flux only")
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     spec = json.loads(json.dumps(denoiser_specs.SPECS[args.model]))
