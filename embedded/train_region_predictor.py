@@ -248,6 +248,7 @@ def main(argv=None):
     ap.add_argument("--random-clip", action="store_true", help="smoke runs only: a random DomainClip")
     ap.add_argument("--out", default=REGION_PREDICTOR)
     ap.add_argument("--data-version", type=int, default=dataset.DATA_VERSION, choices=sorted(dataset.RADII))
+    comfy_env.add_threads_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -2,6 +2,7 @@
 
 They run as `python -m embedded.<script>` subprocesses, the way embedded/train_all.py runs them; quality is checked
 by embedded/quality_gates.py, not here."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,15 @@ def test_denoiser_script_writes_weights_the_loader_builds(comfy, pack, tmp_path,
     kwargs = {"y": torch.randn(1, 384)} if kind == "flux" else {}
     den = model.apply_model(x, torch.tensor([0.5]), c_crossattn=cond, **kwargs)
     assert den.shape == x.shape and den.isfinite().all()
+
+
+def test_domain_clip_and_region_predictor_scripts_write_weights(comfy, pack, tmp_path):
+    clip_out, pred_out = tmp_path / "clip.safetensors", tmp_path / "region.safetensors"
+    run_script("embedded.train_domain_clip", "--steps", "2", "--batch", "8", "--n-data", "32", "--out", str(clip_out))
+    run_script("embedded.train_region_predictor", "--max-steps", "2", "--batch", "4", "--n-data", "16",
+               "--clip", str(clip_out), "--out", str(pred_out))
+    with safe_open(str(pred_out), framework="pt") as f:
+        info = json.loads(f.metadata()["info"])
+    assert info["steps"] == 2 and info["clip"] == "clip.safetensors"
+    image_features = pack("embedded.domain_clip").load(str(clip_out)).encode_image(torch.rand(2, 64, 64, 3))
+    assert image_features.shape[0] == 2 and image_features.isfinite().all()
