@@ -1,7 +1,7 @@
 """Train every embedded model in order, then print the quality gates. Seeded; about 11 hours on one CPU core
 (stages of the same round can run in parallel on two cores, as they were).
 
-    OMP_NUM_THREADS=1 python -m embedded.train_all [--skip STAGE ...]
+    python -m embedded.train_all [--threads N] [--skip STAGE ...]
 
 Round 1 (data version 1: objects of radius 0.13-0.26; shapes came out as blobs):
  1. ae1:     autoencoder, encoder + decoder (1600 steps on 32x32 crops + 250 on 64x64)
@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 
-from . import paths
+from . import comfy_env, paths
 
 T = "/tmp/embedded_stages"
 V1 = ["--data-version", "1"]
@@ -80,7 +80,7 @@ STAGES = [
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip", nargs="*", default=[], choices=[s for s, _ in STAGES])
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads per stage (stages run one after another)")
+    comfy_env.add_threads_argument(ap)  # passed on to every stage (they run one after another)
     args = ap.parse_args()
     threads = ["--threads", str(args.threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))

@@ -43,6 +43,8 @@ def test_denoiser_script_writes_weights_the_loader_builds(comfy, pack, tmp_path,
                "--seed", "5", "--out", str(out), *extra)
     loader = pack("embedded.loader")
     spec = loader.read_metadata(str(out))
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["steps"] == "3" and f.metadata()["seed"] == "5"
     assert spec["kind"] == kind and spec["sampler"]["steps"] > 0
     model = loader.load_model(kind, path=str(out)).model
     x = torch.randn(1, 4, 8, 8)
