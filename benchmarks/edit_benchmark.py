@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "workflows"))
 
-METRICS = ("bg_psnr", "bg_ssim", "success", "clip", "iou", "recon_psnr")
+METRICS = ("bg_psnr", "bg_ssim", "success", "attr_success", "shift", "area_ratio", "layout_ok", "clip", "iou",
+           "recon_psnr")
 
 
 def case_image_name(case):
@@ -49,8 +50,10 @@ def score(case, edited, recon, scorer):
     from embedded import dataset, metrics
     source, _ = dataset.render_scene(case.source, 64)
     _, keep = case.masks(64)
+    layout = metrics.layout_check(edited, case.target)
     row = {"bg_psnr": metrics.psnr(edited, source, keep), "bg_ssim": metrics.ssim(edited, source, keep),
-           "success": float(metrics.edit_success(edited, case.target)),
+           "success": float(layout["success"]), "attr_success": float(metrics.edit_success(edited, case.target)),
+           "shift": layout["shift"], "area_ratio": layout["area_ratio"], "layout_ok": float(layout["layout_ok"]),
            "clip": scorer(edited, case.target_prompt) if scorer else float("nan"),
            "iou": metrics.object_iou(edited, source, case.source["background"])
            if case.kind in ("colour", "background") else float("nan"),
@@ -58,7 +61,7 @@ def score(case, edited, recon, scorer):
     return row
 
 
-def run(denoisers, method_names, cases, steps, out_path, per_kind=2, builders=None, kinds=None):
+def run(denoisers, method_names, cases, steps, out_path, per_kind=6, builders=None, kinds=None):
     """builders: optional {name: build(denoiser, case, image_name, steps)} used instead of edit_methods'
     (e.g. benchmarks/unifyedit_sweep.py's parameter variants); kinds: keep only cases of these edit kinds."""
     import torch
@@ -94,18 +97,21 @@ def run(denoisers, method_names, cases, steps, out_path, per_kind=2, builders=No
 
 
 def kind_table(results):
-    """Per edit kind: success / background PSNR of every method (the papers' claims are per kind)."""
+    """Per edit kind: layout-aware success, background PSNR, median centre shift (px) and area ratio."""
     lines = []
     for denoiser, methods in results.items():
         kinds = sorted({r["kind"] for res in methods.values() for r in res["cases"]})
-        lines.append(f"\n{denoiser}: success / bg PSNR per edit kind")
-        lines.append(f"{'method':24}" + "".join(f"{k:>16}" for k in kinds))
+        lines.append(f"\n{denoiser}: success / bg PSNR / median shift px / median area ratio, per edit kind")
+        lines.append(f"{'method':30}" + "".join(f"{k:>26}" for k in kinds))
         for name, res in methods.items():
             cells = []
             for k in kinds:
                 rows = [r for r in res["cases"] if r["kind"] == k]
-                cells.append(f"{np.mean([r['success'] for r in rows]):7.2f} /{np.mean([r['bg_psnr'] for r in rows]):6.2f}")
-            lines.append(f"{name:24}" + "".join(f"{c:>16}" for c in cells))
+                med = lambda m: np.nanmedian([r.get(m, np.nan) for r in rows]) if any(
+                    np.isfinite(r.get(m, np.nan)) for r in rows) else float("nan")
+                cells.append(f"{np.mean([r['success'] for r in rows]):4.2f}/{np.mean([r['bg_psnr'] for r in rows]):5.1f}"
+                             f"/{med('shift'):4.1f}/{med('area_ratio'):4.2f}")
+            lines.append(f"{name:30}" + "".join(f"{c:>26}" for c in cells))
     return "\n".join(lines)
 
 
@@ -113,11 +119,11 @@ def table(results):
     lines = []
     for denoiser, methods in results.items():
         lines.append(f"\n{denoiser}: mean over {len(next(iter(methods.values()))['cases'])} cases")
-        lines.append(f"{'method':24}" + "".join(f"{m:>11}" for m in METRICS) + f"{'seconds':>9}")
+        lines.append(f"{'method':30}" + "".join(f"{m:>13}" for m in METRICS) + f"{'seconds':>9}")
         for name, res in methods.items():
-            means = [np.nanmean([r[m] for r in res["cases"]]) if any(np.isfinite(r[m]) for r in res["cases"])
-                     else float("nan") for m in METRICS]
-            lines.append(f"{name:24}" + "".join(f"{v:11.3f}" for v in means) + f"{res['seconds']:9.1f}")
+            means = [np.nanmean([r.get(m, np.nan) for r in res["cases"]])
+                     if any(np.isfinite(r.get(m, np.nan)) for r in res["cases"]) else float("nan") for m in METRICS]
+            lines.append(f"{name:30}" + "".join(f"{v:13.3f}" for v in means) + f"{res['seconds']:9.1f}")
     return "\n".join(lines)
 
 
@@ -129,11 +135,11 @@ def main():
     parser.add_argument("--denoisers", nargs="+", default=["unet", "flux"])
     parser.add_argument("--methods", nargs="+", default=list(edit_methods.METHODS))
     parser.add_argument("--cases", type=int, default=0, help="first N cases only (0: all)")
-    parser.add_argument("--per-kind", type=int, default=2,
-                        help="generated cases per edit kind after the 7 fixed ones (embedded/edit_suite.py)")
+    parser.add_argument("--per-kind", type=int, default=6,
+                        help="layout cases per edit kind after the 7 fixed ones (embedded/edit_suite.py)")
     parser.add_argument("--kinds", nargs="+", default=None, choices=KINDS,
                         help="only cases of these edit kinds (e.g. --kinds colour --per-kind 10 for one claim)")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "output" / "benchmark.json"))
     args = parser.parse_args()

@@ -12,32 +12,82 @@ UNET_ONLY = {"unifyedit"}  # see workflows/build.py UNET_ONLY
 FLUX_ONLY = {"rf_solver_edit_v"}  # RF-Solver-Edit shares V in FLUX single blocks
 
 
-def _graph(denoiser, case, image_name, steps, patch=None, invert_with="source", target_with="target",
-           target_cfg=None, aux=False, source_mode="replay"):
-    g = Graph()
+def _loaders(g, denoiser, case, image_name, steps):
+    """The embedded model, the case's image, its latent, exact edit mask and prompts: the graph context."""
     m = g.add("LoadEmbeddedEditModel", denoiser=denoiser)
     image = g.add("LoadImage", image=image_name)
     mask = g.add("LoadImageMask", image=image_name.replace(".png", "_mask.png"), channel="red")
     latent = g.add("VAEEncode", pixels=image[0], vae=m[2])
     prompts = {"source": case.source_prompt, "target": case.target_prompt, "empty": ""}
     enc = {k: g.add("CLIPTextEncode", text=v, clip=m[1])[0] for k, v in prompts.items()}
-    ctx = dict(model=m[0], clip=m[1], vae=m[2], latent=latent[0], image=image[0], mask=mask[0], src=enc["source"],
-               tgt=enc["target"], neg=enc["empty"], backbone=f"embedded_{denoiser}", case=case, steps=steps)
+    return dict(model=m[0], clip=m[1], vae=m[2], latent=latent[0], image=image[0], mask=mask[0], src=enc["source"],
+                tgt=enc["target"], neg=enc["empty"], enc=enc, backbone=f"embedded_{denoiser}", case=case, steps=steps)
+
+
+def _graph(denoiser, case, image_name, steps, patch=None, invert_with="source", target_with="target",
+           target_cfg=None, aux=False, source_mode="replay", exact_iterations=None, drift=0.0, start_step=0):
+    g = Graph()
+    ctx = _loaders(g, denoiser, case, image_name, steps)
+    enc, m, latent = ctx["enc"], [ctx["model"], ctx["clip"], ctx["vae"]], [ctx["latent"]]
     model = patch(g, ctx) if patch else m[0]
+    exact = {} if exact_iterations is None else {"exact_iterations": exact_iterations}
     inv = g.add("AttentionEditInvert", model=model, latent=latent[0], positive=enc[invert_with], steps=steps,
-                scheduler="simple", solver="auto", cfg=1.0)
+                scheduler="simple", solver="auto", cfg=1.0, **exact)
     if ctx.get("after_invert"):
         inv = ctx["after_invert"](g, inv)
     extra = {"aux_positive": enc["empty"], "aux_cfg": 1.0} if aux else {}
+    extra.update({"drift_correction": drift} if drift else {})
     edit = g.add("AttentionEditSampler", model=model, inversion=inv[0], target_positive=enc[target_with],
                  target_cfg=CFG[denoiser] if target_cfg is None else target_cfg, source_mode=source_mode,
-                 source_cfg=1.0, start_step=0, negative=enc["empty"], source_positive=enc[invert_with], **extra)
+                 source_cfg=1.0, start_step=start_step, negative=enc["empty"], source_positive=enc[invert_with],
+                 **extra)
     edited = g.add("VAEDecode", samples=edit[0], vae=m[2])
     recon = g.add("VAEDecode", samples=edit[1], vae=m[2]) if source_mode == "reconstruct" else None
     for image_node in (edited, recon):
         if image_node is not None:  # an output node, so ComfyUI executes the graph
             g.add("PreviewImage", images=image_node[0])
     return g.prompt, edited.id, recon.id if recon else None
+
+
+def _decoded(g, ctx, samples):
+    edited = g.add("VAEDecode", samples=samples, vae=ctx["vae"])
+    g.add("PreviewImage", images=edited[0])
+    return g.prompt, edited.id, None
+
+
+def _vae_roundtrip(denoiser, case, image_name, steps):
+    """The source through the VAE and back: the ceiling of every background number."""
+    g = Graph()
+    ctx = _loaders(g, denoiser, case, image_name, steps)
+    return _decoded(g, ctx, ctx["latent"])
+
+
+FLOWEDIT = {"flux": dict(n_max=12, source_cfg=1.5, target_cfg=5.5), "unet": dict(n_max=12, source_cfg=1.5,
+                                                                                    target_cfg=5.5)}
+
+
+def _flowedit(patch=None, **overrides):
+    """FlowEdit with the MODEL patched by `patch` (any of the pack's techniques, Keep Outside Mask, ...)."""
+    def build(denoiser, case, image_name, steps):
+        g = Graph()
+        ctx = _loaders(g, denoiser, case, image_name, steps)
+        model = patch(g, ctx) if patch else ctx["model"]
+        aux = {"aux_positive": ctx["neg"], "aux_cfg": 1.0} if overrides.pop("aux", False) else {}
+        settings = dict(FLOWEDIT[denoiser], n_min=0, n_avg=1, **overrides)
+        edit = g.add("AttentionEditFlowEdit", model=model, latent=ctx["latent"], source_positive=ctx["src"],
+                     target_positive=ctx["tgt"], steps=steps, scheduler="simple", seed=0, negative=ctx["neg"],
+                     **settings, **aux)
+        return _decoded(g, ctx, edit[0])
+    return build
+
+
+def _keep(technique=None, mask="exact", **keep):
+    """`technique`'s MODEL patch followed by Keep Outside Mask with the exact edit mask or the mask from attention."""
+    def patch(g, ctx):
+        model = technique(g, ctx) if technique else ctx["model"]
+        chosen = ctx["mask"] if mask == "exact" else workflows.attention_mask(g, ctx)
+        return workflows.keep_outside(g, model, chosen, **keep)
+    return patch
 
 
 def _uniform_everywhere(g, ctx):
@@ -67,12 +117,17 @@ def _source_injection(mode, end_step=-1, layers="paper default"):
 
 METHODS = {
     # baselines
+    "vae_roundtrip": _vae_roundtrip,
     "target_prompt": lambda d, c, i, s: _graph(d, c, i, s, source_mode="reconstruct"),
+    "target_prompt_explicit_inversion": lambda d, c, i, s: _graph(d, c, i, s, source_mode="reconstruct",
+                                                                  exact_iterations=0),
     # reconstruction (UAM Table 1): invert + regenerate, no CFG; the 'edited' image is the reconstruction
     "recon_empty_prompt": lambda d, c, i, s: _graph(d, c, i, s, invert_with="empty", target_with="empty",
                                                     target_cfg=1.0, source_mode="reconstruct"),
     "recon_source_prompt": lambda d, c, i, s: _graph(d, c, i, s, target_with="source", target_cfg=1.0,
                                                      source_mode="reconstruct"),
+    "recon_source_prompt_explicit": lambda d, c, i, s: _graph(d, c, i, s, target_with="source", target_cfg=1.0,
+                                                              source_mode="reconstruct", exact_iterations=0),
     "recon_uniform_maps": lambda d, c, i, s: _graph(d, c, i, s, patch=_uniform_everywhere, target_with="source",
                                                     target_cfg=1.0, source_mode="reconstruct"),
     "recon_uniform_maps_empty": lambda d, c, i, s: _graph(d, c, i, s, patch=_uniform_everywhere, invert_with="empty",
@@ -104,6 +159,21 @@ METHODS = {
                                                                                          "per-image search")),
     "cpam_region_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_predicted_mask(workflows.cpam_patch, "trained"),
                                                   aux=True, invert_with="empty"),
+    # preservation: Direct Inversion drift correction, Keep Outside Mask (exact / attention mask), FlowEdit
+    "target_prompt_drift": lambda d, c, i, s: _graph(d, c, i, s, drift=1.0),
+    "proedit_drift": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.proedit_patch, drift=1.0),
+    "keep_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep()),
+    "keep_attention_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep(mask="attention")),
+    "proedit_keep_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep(workflows.proedit_patch)),
+    "proedit_keep_attention_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep(
+        _with_mask(workflows.proedit_patch, lambda g, x: None), mask="attention")),
+    "cpam_keep_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep(workflows.cpam_patch), aux=True,
+                                                      invert_with="empty"),
+    "flowedit": _flowedit(),
+    "flowedit_kvmix": _flowedit(lambda g, x: workflows.proedit_patch(g, x, shift=False)),
+    "flowedit_cpam": _flowedit(workflows.cpam_patch, aux=True),
+    "flowedit_keep_exact_mask": _flowedit(_keep()),
+    "flowedit_keep_attention_mask": _flowedit(_keep(mask="attention")),
 }
 
 

@@ -36,7 +36,7 @@ def shape_type(mask):
 
 
 def classify(image, min_area=12, threshold=0.25):
-    """image: float [H,W,3] in [0,1]. Returns {"background": name, "objects": [{shape, color, bbox, area}]}
+    """image: float [H,W,3] in [0,1]. Returns {"background": name, "objects": [{shape, color, bbox, area, centre}]}
     with objects ordered left to right (as captions name them)."""
     img = np.asarray(image, np.float32)
     border = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3), img[:, :2].reshape(-1, 3),
@@ -55,7 +55,8 @@ def classify(image, min_area=12, threshold=0.25):
         pix = img[inner] if inner.sum() >= 4 else img[m]
         ys, xs = np.nonzero(m)
         objects.append({"shape": shape_type(m), "color": nearest_colour(np.median(pix, axis=0)),
-                        "bbox": (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), "area": area})
+                        "bbox": (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), "area": area,
+                        "centre": (float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)})
     objects.sort(key=lambda o: (o["bbox"][0] + o["bbox"][2]) / 2)
     return {"background": bg_name, "objects": objects}
 

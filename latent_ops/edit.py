@@ -19,11 +19,14 @@ class Branch:
     start: torch.Tensor = None  # model-space latent at the first edit step; default: the inverted trajectory
 
 
-def edit(model, inversion, branches, negative=None, source_mode="replay", start_step=0, seed=0):
+def edit(model, inversion, branches, negative=None, source_mode="replay", start_step=0, seed=0, drift_correction=0.0):
     """Denoise all branches from the inversion; returns {role: final latent (user space)} and the RunState.
 
     source_mode "replay" pins the source branch to the stored trajectory at every step (exact source K/V and
     an exact source output); "reconstruct" lets it evolve from the inverted noise with its own prompt.
+    drift_correction (Direct Inversion, Ju et al. 2023): after each step the other branches also get this share
+    of the source branch's own error (stored next latent minus the step's result), so they inherit no inversion
+    drift; needs the replayed source branch.
     """
     inversion.check_model(model)
     if not 0 <= start_step < inversion.steps:
@@ -31,6 +34,9 @@ def edit(model, inversion, branches, negative=None, source_mode="replay", start_
     if source_mode not in ("replay", "reconstruct"):
         raise ValueError("source_mode must be 'replay' or 'reconstruct'")
     roles = [b.role for b in branches]
+    if drift_correction and (source_mode != "replay" or "source" not in roles):
+        raise ValueError("drift_correction: it corrects by the replayed source branch's error; use source_mode "
+                         "replay (or set drift_correction to 0)")
     per_branch = inversion.shape[0]
     trajectory, sigmas = inversion.trajectory, inversion.sigmas
     default_target = inversion.target_start if inversion.target_start is not None and start_step == 0 else None
@@ -74,6 +80,10 @@ def edit(model, inversion, branches, negative=None, source_mode="replay", start_
             for h in hooks:
                 x = h.adjust_latent(run, x, float(sig[i]), model_fn)
             x = stepper.step(model_fn, x, float(sig[i]), float(sig[i + 1]), denoised_hook if hooks else None)
+            if drift_correction:
+                x = x + drift_correction * (trajectory[i + 1] - x[src_rows]).repeat(len(roles), *([1] * (x.ndim - 1)))
+            for h in hooks:
+                x = h.after_step(run, x, i)
             if replay:
                 x[src_rows] = trajectory[i + 1]
             progress.tick()

@@ -59,9 +59,10 @@ def default_solver(model):
 
 
 def invert(model, latent, positive, negative=None, cfg=1.0, steps=15, scheduler="simple", solver="auto",
-           capture_steps=(), seed=0):
+           capture_steps=(), seed=0, exact_iterations=0):
     """Invert `latent` (LATENT samples, user space) with `model`; returns an Inversion.
 
+    exact_iterations: fixed-point passes per step (0: the explicit inversion step; see Stepper.invert_step).
     capture_steps: sampling-step indices at which the MODEL's capture controllers record, in a replay pass over
     the stored trajectory (exactly what the replayed source branch sees when editing).
     """
@@ -74,13 +75,15 @@ def invert(model, latent, positive, negative=None, cfg=1.0, steps=15, scheduler=
                    latent_hw=tuple(latent.shape[-2:]))
     clone.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
     trajectory = []
+    if exact_iterations < 0:
+        raise ValueError("exact_iterations must be 0 or more")
     progress = StepProgress(steps + len(capture_steps))
 
     def loop(model_fn, x, sig):
         trajectory.append(x.clone())
         for i in range(steps, 0, -1):  # sigma 0 -> sigma_max
             run.step = i - 1
-            x = stepper.step(model_fn, x, float(sig[i]), float(sig[i - 1]))
+            x = stepper.invert_step(model_fn, x, float(sig[i]), float(sig[i - 1]), exact_iterations)
             trajectory.append(x.clone())
             progress.tick()
         trajectory.reverse()

@@ -15,6 +15,11 @@ class LatentHook:
         """After the evaluation that drives the step: may return a new denoised estimate."""
         return denoised
 
+    def after_step(self, run, x, step):
+        """After step `step` moved the branch-stacked latent to the next sigma (before the source branch is put
+        back on its stored trajectory): may return a new latent."""
+        return x
+
     def __deepcopy__(self, memo):
         return self
 

@@ -33,12 +33,45 @@ class Stepper:
             raise ValueError(f"solver: {solver} is for flow models; use ddim for eps/v-prediction models")
         self.solver, self.flow = solver, flow
         self.carry = None  # FireFlow: the previous step's midpoint direction
+        self.last_direction = None  # exact inversion: the last fixed-point direction (the next step's first guess)
 
     def eval_sigma(self, a, b):
         """Where the model is evaluated for a step a -> b (DDIM inversion reads eps at the target level)."""
         if not self.flow and b > a:
             return b
         return max(a, FLOW_SIGMA_FLOOR) if self.flow else a
+
+    def increment(self, model, x, a, b):
+        """The direction d of a fresh forward step (sigma a > b): x_b = x + (b - a) * d (no carry, no hook)."""
+        s = self.eval_sigma(a, b)
+        d0 = direction(x, model(x, s), s)
+        if self.solver in ("ddim", "euler"):
+            return d0
+        mid = max(a + (b - a) / 2, FLOW_SIGMA_FLOOR)
+        x_mid = x + ((b - a) / 2) * d0
+        return direction(x_mid, model(x_mid, mid), mid)
+
+    def invert_step(self, model, x, a, b, iterations=0):
+        """Inversion step x at sigma a -> sigma b > a.
+
+        iterations 0: the explicit step (DDIM inversion reads the model at the point it starts from, not where the
+        sampler will read it: the source of its reconstruction error). iterations k > 0: exact inversion as in
+        AIDI / ReNoise: k fixed-point passes y <- x + (b - a) d(y), d the forward step's direction from y, so that
+        the sampler's step from y lands back on x. On DDIM/Euler the first guess reuses the previous step's last
+        direction (no extra evaluation), so a step costs k evaluations; 2nd-order solvers start from their explicit
+        step.
+        """
+        if iterations == 0:
+            return self.step(model, x, a, b)
+        if self.solver in ("ddim", "euler") and self.last_direction is not None:
+            y = x + (b - a) * self.last_direction
+        else:  # the first step, and 2nd-order solvers: start from the explicit step
+            y = self.step(model, x, a, b)
+        for _ in range(iterations):
+            d = self.increment(model, y, b, a)
+            y = x + (b - a) * d
+        self.last_direction = d
+        return y
 
     def step(self, model, x, a, b, hook=None):
         """x at sigma a -> x at sigma b. The hook sees the evaluation whose direction makes the update."""

@@ -37,16 +37,21 @@ class EditSampler:
                                  "empty prompt with uniform attention)."}),
                 "aux_cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
                                       "tooltip": "Guidance of the auxiliary branch (UAM: 1, no CFG)."}),
+                "drift_correction": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                                     "Direct Inversion (PnP Inversion): after each step the target and aux branches "
+                                     "also get this share of the replayed source branch's own error, so they "
+                                     "inherit no inversion drift. Needs source_mode replay; 0: off."}),
             },
         }
 
     def run(self, model, inversion, target_positive, target_cfg, source_mode, source_cfg, start_step, negative=None,
-            source_positive=None, aux_positive=None, aux_cfg=1.0):
+            source_positive=None, aux_positive=None, aux_cfg=1.0, drift_correction=0.0):
         branches = [Branch("source", source_positive or inversion.positive, source_cfg),
                     Branch("target", target_positive, target_cfg)]
         if aux_positive is not None:
             branches.append(Branch("aux", aux_positive, aux_cfg))
-        results, run = edit(model, inversion, branches, negative, source_mode, start_step)
+        results, run = edit(model, inversion, branches, negative, source_mode, start_step,
+                            drift_correction=drift_correction)
         run.release()
         aux = results.get("aux", results["source"])
         return ({"samples": results["target"]}, {"samples": results["source"]}, {"samples": aux})

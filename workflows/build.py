@@ -137,12 +137,22 @@ def cpam_patch(g, ctx):
                  mask_after_step=5, mask_threshold=0.3)[0]
 
 
+def attention_mask(g, ctx):
+    """Edit Mask From Attention: the source prompt's attention to the edited word (no mask from the user)."""
+    text, word = prompt_and_word(ctx)
+    return g.add("AttentionEditMaskFromAttention", model=ctx["model"], latent=ctx["latent"], positive=ctx["src"],
+                 clip=ctx["clip"], source_prompt=text, word=word, dilation=1, image=ctx["image"])[0]
+
+
+def keep_outside(g, model, mask, end_step=-1, grow=0, feather=0):
+    """Keep Outside Mask: the edited branches take the replayed source latent outside `mask` after every step."""
+    return g.add("AttentionEditKeepOutsideMask", model=model, mask=mask, start_step=0, end_step=end_step, grow=grow,
+                 feather=feather)[0]
+
+
 def proedit_patch(g, ctx, shift=True):
     """ProEdit: edit mask from the source prompt's attention to the edited word, KV-mix, Latents-Shift."""
-    text, word = prompt_and_word(ctx)
-    mask = ctx.get("mask") or g.add("AttentionEditMaskFromAttention", model=ctx["model"], latent=ctx["latent"],
-                                    positive=ctx["src"], clip=ctx["clip"], source_prompt=text, word=word,
-                                    dilation=1, image=ctx["image"])[0]
+    mask = ctx.get("mask") or attention_mask(g, ctx)
     if shift:
         ctx["after_invert"] = lambda g, inv: g.add("AttentionEditLatentsShift", inversion=inv[0], mask=mask,
                                                    beta=0.25, seed=0)
