@@ -63,13 +63,15 @@ class AttentionRecord(Controller):
 
     def after(self, call, out):
         rec = call.run.store[RECORD_KEY]
-        tgt = call.rows("target", True)
-        if not tgt:
+        tgt_rows = call.rows("target", True)
+        if not tgt_rows:
             return out
+        tgt = call.index(tgt_rows)
         img = call.img
         if self._wants_sa(call):
-            src = call.rows("source", True)
-            if len(src) == len(tgt):
+            src_rows = call.rows("source", True)
+            if len(src_rows) == len(tgt_rows):
+                src = call.index(src_rows)
                 mask = call.mask
                 if mask is not None and mask.shape[0] == call.q.shape[0]:
                     mask_src, mask_tgt = mask[src], mask[tgt]
@@ -86,5 +88,5 @@ class AttentionRecord(Controller):
             q = call.q[tgt][:, :, img]
             k = call.k[tgt][:, :, call.txt]
             probs = self._probs(q, k, call.scale).mean(1)  # [n, L_img, T]
-            rec["ca"][call.layer] = (probs[..., list(self.tokens)], tuple(call.grid))
+            rec["ca"][call.layer] = (probs[..., call.index(self.tokens)], tuple(call.grid))
         return out

@@ -2,7 +2,10 @@
 
 from comfy.ldm.modules import attention as comfy_attention
 
+from .indexing import selector
+from .masked import add_bias, as_bias, masked_attention
 from .run_state import step_from_sigmas
+from .token_masks import tokens_on
 
 
 class AttnCall:
@@ -61,6 +64,16 @@ class AttnCall:
         return [i for i, (r, c) in enumerate(zip(self.roles, self.conds))
                 if (role is None or r == role) and (cond is None or c == cond)]
 
+    def index(self, positions):
+        """Selector of these batch rows / token positions (a slice, or a device index cached per run)."""
+        return selector(positions, self.q.device, self.run.store if self.run is not None else None)
+
+    def tokens(self, mask, dtype=None):
+        """MASK [B, H, W] on this call's token grid, [B, h*w], on its device in `dtype` (default: q's), cached per
+        run."""
+        return tokens_on(mask, self.grid, self.q.device, dtype or self.q.dtype,
+                         self.run.store if self.run is not None else None)
+
     def set_kv(self, k=None, v=None):
         """Replace keys and/or values (whole batch) before attention is computed."""
         if k is not None:
@@ -80,15 +93,15 @@ class AttnCall:
         return self._probs
 
     def attend(self, q=None, k=None, v=None, bias=None):
-        """Attention with ComfyUI's active kernel; bias is an additive mask broadcastable to the logits."""
+        """Attention with ComfyUI's active kernel; with a mask or `bias` (additive, broadcastable to the logits)
+        through the pack's masked kernel instead, whatever backend ComfyUI selected (attention/masked.py)."""
         q = self.q if q is None else q
         k = self.k if k is None else k
         v = self.v if v is None else v
-        mask = self.mask if bias is None else (bias if self.mask is None else self.mask + bias)
-        if mask is not None:
-            mask = mask.to(q.dtype).expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-        return comfy_attention.optimized_attention(q, k, v, q.shape[1], mask=mask, skip_reshape=True,
-                                                   skip_output_reshape=True)
+        if self.mask is None and bias is None:
+            return comfy_attention.optimized_attention(q, k, v, q.shape[1], skip_reshape=True,
+                                                       skip_output_reshape=True)
+        return masked_attention(q, k, v, add_bias(as_bias(self.mask, q.dtype), bias))
 
     def image_map(self, values):
         """Reshape per-image-token values [..., n_img] to [..., h, w] on the token grid."""

@@ -21,19 +21,21 @@ Flux joint attention (text tokens first): the preservation restricts the image k
 own), the extraction swaps the text keys/values for the aux row's; image queries only, text queries stay plain.
 Both controllers on one joint call combine (the product of their regions) through a per-call plan.
 """
+import functools
+
 import torch
 
-from comfy.ldm.modules import attention as comfy_attention
-
-from ..latent_ops.cpam_masks import pick
-from ..latent_ops.masks import to_tokens
 from .controller import Controller
+from .masked import add_bias, as_bias, keep_any, keep_bias, masked_attention
+from .token_masks import pick
 
 PLAN = "_cpam_plan"
 
 
+@functools.lru_cache(maxsize=1024)
 def plain_layers(layers, fraction, seed, step):
-    """The layers that keep plain self-attention at `step`: round(fraction * n) of them, drawn from (seed, step)."""
+    """The layers that keep plain self-attention at `step`: round(fraction * n) of them, drawn from (seed, step).
+    layers: a tuple. Memoised: the draw runs on the host once per step, not in every attention call."""
     count = int(round(fraction * len(layers)))
     if count <= 0:
         return frozenset()
@@ -41,19 +43,14 @@ def plain_layers(layers, fraction, seed, step):
     return frozenset(layers[i] for i in torch.randperm(len(layers), generator=g)[:count].tolist())
 
 
-def masked_attention(q, k, v, keep=None, mask=None):
-    """Att(q, k, v) over the keys where keep [L] is True; q, k, v [1, heads, tokens, dim]; mask: additive extra."""
-    bias = None
-    if keep is not None and not bool(keep.all()):
-        bias = torch.zeros(keep.shape[0], dtype=q.dtype, device=q.device)
-        bias[~keep.to(q.device)] = float("-inf")
-        bias = bias.view(1, 1, 1, -1)
-    if mask is not None:
-        bias = mask.to(q.dtype) if bias is None else bias + mask.to(q.dtype)
-    if bias is not None:
-        bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    return comfy_attention.optimized_attention(q, k, v, q.shape[1], mask=bias, skip_reshape=True,
-                                               skip_output_reshape=True)
+def _row_bias(call, r):
+    """The call's own attention mask (Flux) for row r and the image queries, as a broadcastable additive bias."""
+    bias = as_bias(call.mask, call.q.dtype)
+    if bias is None:
+        return None
+    if bias.shape[0] == call.q.shape[0]:
+        bias = bias[r:r + 1]
+    return bias[:, :, call.img] if bias.shape[2] == call.q.shape[2] else bias
 
 
 def _pairs(call, role, cond_only):
@@ -89,19 +86,13 @@ class _Plan:
         out = out.clone()
         for r in rows:
             q = call.q[r:r + 1, :, img]
-            mask = None
-            if call.mask is not None:
-                m = call.mask[r:r + 1] if call.mask.ndim == 4 and call.mask.shape[0] == call.q.shape[0] else call.mask
-                mask = m[..., img, :] if m.ndim >= 2 and m.shape[-2] == call.q.shape[2] else m
+            extra = _row_bias(call, r)
             result = 0
             for wi, ki, vi, keepi in self._regions(call, r, "image"):
                 for wt, kt, vt, keept in self._regions(call, r, "text"):
-                    w = wi * wt
-                    if not bool((w != 0).any()):
-                        continue
-                    k, v, keep = self._keys(call, (ki, vi, keepi), (kt, vt, keept))
-                    att = masked_attention(q, k, v, keep, mask)
-                    result = result + w.to(att.dtype).view(1, 1, -1, 1) * att
+                    k, v, bias = self._keys(call, (ki, vi, keepi), (kt, vt, keept))
+                    att = masked_attention(q, k, v, add_bias(bias, extra))
+                    result = result + (wi * wt).to(att.dtype).view(1, 1, -1, 1) * att
             out[r:r + 1, :, img] = result.to(out.dtype)
         self.done = True
         return out
@@ -121,12 +112,15 @@ class _Plan:
 
     @staticmethod
     def _keys(call, image, text):
-        parts = [p for p in (text, image) if p[0] is not None]  # text keys first (joint layout)
-        k = torch.cat([p[0] for p in parts], 2)
-        v = torch.cat([p[1] for p in parts], 2)
-        keeps = [p[2] if p[2] is not None else torch.ones(p[0].shape[2], dtype=torch.bool, device=k.device)
-                 for p in parts]
-        return k, v, torch.cat(keeps)
+        """Keys, values (text keys first, the joint layout) and the additive bias of the kept keys (or None)."""
+        parts = [p for p in (text, image) if p[0] is not None]
+        k = torch.cat([p[0] for p in parts], 2) if len(parts) > 1 else parts[0][0]
+        v = torch.cat([p[1] for p in parts], 2) if len(parts) > 1 else parts[0][1]
+        if all(p[2] is None for p in parts):
+            return k, v, None
+        keep = torch.cat([p[2] if p[2] is not None else torch.ones(p[0].shape[2], dtype=torch.bool, device=k.device)
+                          for p in parts])
+        return k, v, keep_bias(keep, call.q.dtype)
 
 
 def _plan(call):
@@ -166,7 +160,7 @@ class SelfAttentionPreservation(_CPAMController):
         return call.kind in self.kinds and _active(call)
 
     def plain_at(self, step):
-        return plain_layers(self.layers, self.plain_fraction, self.seed, step)
+        return plain_layers(self.layers, self.plain_fraction, self.seed, int(step or 0))
 
     def object_retained(self, call):
         layer = self.index.get(call.layer, -1)
@@ -179,22 +173,20 @@ class SelfAttentionPreservation(_CPAMController):
         pairs = _pairs(call, "source", cond_only=False)
         if not pairs:
             return
-        ms = to_tokens(self.source_mask, call.grid).to(call.q.device)
-        mt = to_tokens(self.target.pixels(call), call.grid).to(call.q.device)
+        ms = call.tokens(self.source_mask, torch.float32)
+        mt = call.tokens(self.target.pixels(call))
         retained = self.object_retained(call)
         plan = _plan(call)
         for r, s, pos in pairs:
             obj = pick(ms, pos) >= 0.5
-            bg = ~obj
             ks, vs = call.k[s:s + 1, :, call.img], call.v[s:s + 1, :, call.img]
-            bg_keep = bg if bool(bg.any()) else None
-            background = (ks, vs, bg_keep)
+            background = (ks, vs, keep_any(~obj))  # an empty key set means all source keys
             if self.mode == "remove":
                 plan.image[r] = [(torch.ones_like(obj, dtype=call.q.dtype),) + background]
                 continue
-            m = pick(mt, pos).to(call.q.dtype)
+            m = pick(mt, pos)
             if retained:
-                foreground = (ks, vs, obj if bool(obj.any()) else None)
+                foreground = (ks, vs, keep_any(obj))
             else:
                 foreground = (call.k[r:r + 1, :, call.img], call.v[r:r + 1, :, call.img], None)
             plan.image[r] = [(m,) + foreground, (1 - m,) + background]
@@ -219,10 +211,10 @@ class LocalizedCrossAttention(_CPAMController):
             raise ValueError("CPAM Localized Cross-Attention needs the empty prompt: connect an empty-prompt "
                              "CONDITIONING to the Edit Sampler's aux_positive (its K/V serve the queries outside "
                              "the target mask)")
-        mt = to_tokens(self.target.pixels(call), call.grid).to(call.q.device)
+        mt = call.tokens(self.target.pixels(call))
         plan = _plan(call)
         for r, a, pos in pairs:
-            m = pick(mt, pos).to(call.q.dtype)
+            m = pick(mt, pos)
             own = (call.k[r:r + 1, :, call.txt], call.v[r:r + 1, :, call.txt], None)
             empty = (call.k[a:a + 1, :, call.txt], call.v[a:a + 1, :, call.txt], None)
             plan.text[r] = [(m,) + own, (1 - m,) + empty]

@@ -8,8 +8,8 @@ for "style", everything except the mask for "add" (the mask then keeps source K/
 import torch
 
 from .controller import Controller
-from ..latent_ops.masks import as_mask, to_tokens
 from .kv_store import KV_KEY
+from .token_masks import as_mask
 
 EDIT_TYPES = ("change", "remove", "add", "style")
 SOURCES = ("batch", "cache")
@@ -60,20 +60,21 @@ class KVMix(Controller):
                 and (self.layers is None or call.layer in self.layers) and "target" in call.roles)
 
     def weights(self, call, count):
-        """Mixing weights delta * R per target item, [count, n_img]; cached per grid in the run's store."""
-        key = ("kv_mix_weights", id(self), tuple(call.grid), count)
+        """Mixing weights delta * R per target item, [count, n_img], on the call's device in its dtype; cached per
+        (grid, device, dtype) in the run's store."""
+        key = ("kv_mix_weights", id(self), tuple(call.grid), count, call.k.device, call.k.dtype)
         cached = call.run.store.get(key)
         if cached is not None:
             return cached
         n_img = call.grid[0] * call.grid[1]
         if self.mask is None:
-            region = torch.ones(count, n_img)
+            region = torch.ones(count, n_img, device=call.k.device)
         else:
             if self.mask.shape[0] not in (1, count):
                 raise ValueError(f"mask: it has batch {self.mask.shape[0]}, the edit has {count} images per "
                                  f"branch; give one mask or one per image")
-            region = mix_region(to_tokens(self.mask, call.grid), self.edit_type).expand(count, n_img)
-        w = (self.delta * region).to(call.k.device)
+            region = mix_region(call.tokens(self.mask, torch.float32), self.edit_type).expand(count, n_img)
+        w = (self.delta * region).to(call.k.dtype)
         call.run.store[key] = w
         return w
 
@@ -98,6 +99,7 @@ class KVMix(Controller):
                 "KV-mix source 'batch' needs the source branch's conditional pass in the same model call as the "
                 "target (the Edit Sampler's source branch; a memory-limited sampler may split cond and uncond). "
                 "Use source 'inversion cache' instead")
+        rows = call.index(rows)
         return call.k[rows][:, :, call.img], call.v[rows][:, :, call.img]
 
     def before(self, call):
@@ -111,7 +113,7 @@ class KVMix(Controller):
         for rows in (cond_targets, uncond_targets):
             if not rows:
                 continue
-            idx = torch.tensor(rows, device=k.device)
+            idx = call.index(rows)
             k[idx, :, img] = mix_kv(call.k[idx][:, :, img], k_src, w[:, None])
             v[idx, :, img] = mix_kv(call.v[idx][:, :, img], v_src, w[:, None])
         call.set_kv(k, v)

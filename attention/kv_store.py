@@ -24,7 +24,7 @@ class KVStore(Controller):
                 and (self.layers is None or call.layer in self.layers))
 
     def after(self, call, out):
-        rows = call.rows("source", True) or call.rows(None, True)
+        rows = call.index(call.rows("source", True) or call.rows(None, True))
         device = call.k.device if self.device == "model" else self.device
         k = call.k[rows][:, :, call.img].to(device=device, dtype=self.dtype)
         v = call.v[rows][:, :, call.img].to(device=device, dtype=self.dtype)

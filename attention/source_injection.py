@@ -13,8 +13,6 @@ step count.
 """
 import math
 
-import torch
-
 from .controller import Controller
 from .hooks import model_family, self_attention_layers
 
@@ -138,8 +136,7 @@ class SourceInjection(Controller):
         k = call.k.clone() if self.mode == "key+value" else None
         v = call.v.clone()
         for targets, sources in self.pairs(call):
-            t = torch.tensor(targets, device=v.device)
-            s = torch.tensor(sources, device=v.device)
+            t, s = call.index(targets), call.index(sources)
             v[t, :, img] = call.v[s][:, :, img]
             if k is not None:
                 k[t, :, img] = call.k[s][:, :, img]

@@ -12,6 +12,7 @@ image-to-image attention (the layout) untouched. Text-token queries are left unc
 import torch
 
 from .controller import Controller
+from .masked import as_4d
 
 BRANCH_CHOICES = ("aux", "all", "target", "source")
 INVERSION_PHASES = ("invert", "capture")
@@ -42,14 +43,14 @@ class UniformAttention(Controller):
         return call.kind in self.kinds and bool(self.chosen_rows(call))
 
     def after(self, call, out):
-        rows = self.chosen_rows(call)
+        rows = call.index(self.chosen_rows(call))
         out = out.clone()
         if call.kind == "cross":
             out[rows] = uniform_cross(call.v[rows], out.shape[2]).to(out.dtype)
         else:
             img = call.img
             out[rows, :, img] = uniform_text_joint(call.q[rows][:, :, img], call.k[rows], call.v[rows], call.txt,
-                                                   call.scale, _rows_mask(call.mask, rows, img, call)).to(out.dtype)
+                                                   call.scale, _rows_mask(call, rows)).to(out.dtype)
         return out
 
     def __repr__(self):
@@ -61,13 +62,25 @@ def uniform_cross(v, n_queries):
     return v.mean(dim=2, keepdim=True).expand(v.shape[0], v.shape[1], n_queries, v.shape[3])
 
 
-def _rows_mask(mask, rows, img, call):
-    if mask is None:
+def _rows_mask(call, rows):
+    """The call's attention mask for the chosen rows and the image queries, 4-d and broadcastable (not expanded)."""
+    if call.mask is None:
         return None
-    b, h, lq, lk = call.q.shape[0], call.q.shape[1], call.q.shape[2], call.k.shape[2]
-    while mask.ndim < 4:
-        mask = mask.unsqueeze(0)
-    return mask.expand(b, h, lq, lk)[rows][:, :, img]
+    mask = as_4d(call.mask)
+    if mask.shape[0] == call.q.shape[0]:
+        mask = mask[rows]
+    return mask[:, :, call.img] if mask.shape[2] == call.q.shape[2] else mask
+
+
+def _without(t, part, dim):
+    """t without the slice `part` along `dim` (the keys other than the text keys), as a view where possible."""
+    length = t.shape[dim]
+    start, stop = part.start or 0, length if part.stop is None else part.stop
+    if start == 0:
+        return t.narrow(dim, stop, length - stop)
+    if stop == length:
+        return t.narrow(dim, 0, start)
+    return torch.cat([t.narrow(dim, 0, start), t.narrow(dim, stop, length - stop)], dim)
 
 
 def uniform_text_joint(q, k, v, txt, scale, mask=None):
@@ -76,17 +89,16 @@ def uniform_text_joint(q, k, v, txt, scale, mask=None):
     n_txt = txt.stop - txt.start
     v32 = v.float()
     v_mean = v32[:, :, txt].mean(dim=2, keepdim=True) if n_txt else v32[:, :, :1] * 0  # [B, H, 1, D]
-    keep = torch.ones(k.shape[2], dtype=torch.bool, device=k.device)
-    keep[txt] = False
+    v_rest = _without(v32, txt, 2)
     chunk = max(1, CHUNK_ELEMENTS // max(1, q.shape[0] * q.shape[1] * k.shape[2]))
     outs = []
     for start in range(0, q.shape[2], chunk):
         sl = slice(start, start + chunk)
         logits = (q[:, :, sl].float() @ k.float().transpose(-1, -2)) * scale
         if mask is not None:
-            m = mask[:, :, sl]
+            m = mask[:, :, sl] if mask.shape[2] > 1 else mask
             logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.float()
         probs = logits.softmax(dim=-1)
         text_mass = probs[..., txt].sum(dim=-1, keepdim=True)
-        outs.append(probs[..., keep] @ v32[:, :, keep] + text_mass * v_mean)
+        outs.append(_without(probs, txt, -1) @ v_rest + text_mass * v_mean)
     return torch.cat(outs, dim=2)

@@ -85,8 +85,10 @@ def word_token_positions(clip, prompt, word, family="unet"):
 
 def word_attention(q_img, k, cols, scale, bias=None):
     """Head-averaged attention mass of image queries on the key columns `cols`: q_img [B, H, n, D], k [B, H, L, D]
-    -> [B, n]. The softmax runs over all L keys (computed one head at a time to bound memory)."""
-    cols = torch.as_tensor(cols, device=k.device)
+    -> [B, n]. The softmax runs over all L keys (computed one head at a time to bound memory). cols: positions, or
+    a selector (slice / device index tensor)."""
+    if isinstance(cols, (list, tuple)):
+        cols = torch.as_tensor(cols, device=k.device)
     total = torch.zeros(q_img.shape[0], q_img.shape[2], device=q_img.device)
     for h in range(q_img.shape[1]):
         logits = (q_img[:, h].float() @ k[:, h].float().transpose(-1, -2)) * scale
@@ -120,17 +122,17 @@ class WordAttention(Controller):
                 and (self.layers is None or call.layer in self.layers))
 
     def after(self, call, out):
-        rows = call.rows(None, True)
+        rows = call.index(call.rows(None, True))
         if call.txt.stop - call.txt.start <= max(self.positions):
             raise ValueError(f"word: token position {max(self.positions)} lies beyond the model's "
                              f"{call.txt.stop - call.txt.start} text tokens; the CLIP does not match this conditioning")
-        cols = [call.txt.start + p for p in self.positions]
+        cols = call.index([call.txt.start + p for p in self.positions])
         q = call.q[rows][:, :, call.img]
         if call.kind == "joint":
             bias = None if call.mask is None else call.mask[rows][..., call.img, :]
             m = word_attention(q, call.k[rows], cols, call.scale, bias)
         else:
-            m = word_attention(q, call.k[rows][:, :, call.txt], list(self.positions), call.scale)
+            m = word_attention(q, call.k[rows][:, :, call.txt], call.index(self.positions), call.scale)
         m = call.image_map(m)
         entry = call.run.store.get(MAPS_KEY)
         if entry is not None and tuple(entry[0].shape[-2:]) != tuple(m.shape[-2:]):  # U-Net: finest grid wins

@@ -1,4 +1,4 @@
-"""CPAM masks: resizing ComfyUI MASKs to an attention layer's token grid, and the target-mask (M_t) strategies.
+"""CPAM masks: the target-mask (M_t) strategies.
 
 Strategies for M_t (the region the edited object should occupy):
   "source": M_t = M_s at every step.
@@ -12,11 +12,6 @@ from ..attention.capture import AttentionCapture, captured_maps
 from .masks import as_mask
 
 MODES = ("source", "cross_attention", "given")
-
-
-def pick(mask_tokens, index):
-    """Row `index` of a [B, n] per-image mask (a batch-1 mask applies to every image)."""
-    return mask_tokens[index if mask_tokens.shape[0] > 1 else 0]
 
 
 class TargetMask:
@@ -61,11 +56,13 @@ class TargetMask:
             return self.source
         cached = run.store.get((self.key, "mask", call.step))
         if cached is None:
-            cached = self.from_maps(run, call.step)
+            cached = self.from_maps(run, call.step, call.index)
             run.store[(self.key, "mask", call.step)] = cached
         return cached
 
-    def from_maps(self, run, step):
+    def from_maps(self, run, step, index=list):
+        """M_t from the maps of the steps before `step`; index(positions) selects rows / tokens (AttnCall.index
+        inside an attention call: no host data on the device)."""
         maps = captured_maps(run, self.key, steps=set(range(step)))
         rows = run.store.get(self.key + "_rows") or []
         if maps is None or not rows:
@@ -73,6 +70,6 @@ class TargetMask:
         bad = [t for t in self.tokens if t >= maps.shape[1]]
         if bad:
             raise ValueError(f"mask_tokens: positions {bad} exceed the prompt's {maps.shape[1]} tokens")
-        region = maps[rows][:, list(self.tokens)].sum(1)  # [n_target, H, W]
+        region = maps[index(rows)][:, index(self.tokens)].sum(1)  # [n_target, H, W]
         region = region / region.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
         return (region >= self.threshold).float()
