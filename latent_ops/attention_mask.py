@@ -154,10 +154,23 @@ def last_double_block(model):
     return f"double.{len(model.model.diffusion_model.double_blocks) - 1}"
 
 
-def word_attention_map(model, latent, positive, positions, seed=0):
-    """Attention map [B, h, w] of the clean source latent (user space) to the word's tokens, one model call."""
+DIT_LAYERS = ("all double blocks", "last double block")
+
+
+def double_blocks(model, which):
+    """Joint-attention layer names of the MMDiT blocks whose maps are averaged."""
+    if which not in DIT_LAYERS:
+        raise ValueError(f"layers must be one of {DIT_LAYERS}, got {which!r}")
+    if which == "last double block":
+        return [last_double_block(model)]
+    return [f"double.{i}" for i in range(len(model.model.diffusion_model.double_blocks))]
+
+
+def word_attention_map(model, latent, positive, positions, seed=0, dit_layers="all double blocks"):
+    """Attention map [B, h, w] of the clean source latent (user space) to the word's tokens, one model call.
+    MMDiT: averaged over `dit_layers`; U-Net: every cross-attention layer."""
     family = model_family(model)
-    layers = [last_double_block(model)] if family == "dit" else None
+    layers = double_blocks(model, dit_layers) if family == "dit" else None
     patched = with_controller(model, WordAttention(positions, layers))
     run = RunState(branches=("source",), per_branch=latent.shape[0], phase="capture", total_steps=1,
                    latent_hw=tuple(latent.shape[-2:]))

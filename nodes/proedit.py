@@ -4,7 +4,7 @@ import dataclasses
 from ..attention.hooks import model_family, with_controller
 from ..attention.kv_mix import EDIT_TYPES, KVMix as KVMixController
 from ..latent_ops.masks import as_mask, resize
-from ..latent_ops.attention_mask import (mask_from_map, overlay, word_attention_map,
+from ..latent_ops.attention_mask import (DIT_LAYERS, mask_from_map, overlay, word_attention_map,
                                          word_token_positions)
 from ..latent_ops.latents_shift import latents_shift
 from .inputs import CATEGORY, INVERSION, ModelPatchNode
@@ -86,7 +86,7 @@ class LatentsShift:
 class EditMaskFromAttention:
     DESCRIPTION = ("Edit mask from attention (ProEdit): one evaluation of the clean source latent with the source "
                    "prompt; the head-averaged attention of the image to the edit word (Flux-family MMDiT: joint "
-                   "attention in the last double block; U-Net: cross-attention maps of all layers), thresholded at "
+                   "attention of the double blocks; U-Net: cross-attention maps of all layers), thresholded at "
                    "its mean and dilated by a few tokens. Multi-token words are handled (all their tokens count).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MASK", "IMAGE")
@@ -113,16 +113,20 @@ class EditMaskFromAttention:
             },
             "optional": {
                 "image": ("IMAGE", {"tooltip": "The source image: sets the mask size and is used for the overlay."}),
+                "dit_layers": (list(DIT_LAYERS), {"default": DIT_LAYERS[0], "tooltip": "Flux-family MMDiT: average "
+                               "the maps of all double blocks (default: mask IoU 0.47 vs 0.15 with the last block on "
+                               "the embedded Flux) or read the last double block only (ProEdit's choice)."}),
             },
         }
 
-    def extract(self, model, latent, positive, clip, source_prompt, word, dilation, image=None):
+    def extract(self, model, latent, positive, clip, source_prompt, word, dilation, image=None,
+                dit_layers=DIT_LAYERS[0]):
         family = model_family(model)
         if not source_prompt.strip():
             raise ValueError("source_prompt: empty; enter the source prompt text that the positive input encodes")
         positions = word_token_positions(clip, source_prompt, word, family)
         samples = latent["samples"]
-        word_map = word_attention_map(model, samples, positive, positions)
+        word_map = word_attention_map(model, samples, positive, positions, dit_layers=dit_layers)
         mask = mask_from_map(word_map, dilation)
         size = tuple(image.shape[1:3]) if image is not None else (samples.shape[-2] * 8, samples.shape[-1] * 8)
         mask = resize(mask, size).cpu()

@@ -73,10 +73,13 @@ def main():
             picture.save(out / f"{label}_{denoiser}.png")
             images[(label, denoiser)] = picture
             edited = np.asarray(picture, np.float32) / 255.0
+            layout = metrics.layout_check(edited, case.target)
             results.append({"workflow": label, "denoiser": denoiser, "case": case.name,
                             "source_prompt": case.source_prompt, "target_prompt": case.target_prompt,
                             "bg_psnr": metrics.psnr(edited, source, keep), "bg_ssim": metrics.ssim(edited, source, keep),
-                            "edit_success": bool(metrics.edit_success(edited, case.target)),
+                            "edit_success": layout["success"], "shift_px": layout["shift"],
+                            "area_ratio": layout["area_ratio"],
+                            "attribute_success": bool(metrics.edit_success(edited, case.target)),
                             "image": f"{label}_{denoiser}.png"})
     src_image = Image.fromarray((source * 255).astype(np.uint8))
     rows = [(d, [src_image] + [images.get((label, d)) for label in labels]) for d in ("unet", "flux")]
@@ -84,7 +87,8 @@ def main():
     (out / "metrics.json").write_text(json.dumps(results, indent=1))
     for r in results:
         print(f"{r['workflow']:28} {r['denoiser']:5} bg PSNR {r['bg_psnr']:6.2f} dB  SSIM {r['bg_ssim']:.3f}  "
-              f"edit {'ok' if r['edit_success'] else 'missed'}")
+              f"edit {'ok' if r['edit_success'] else 'missed'} (centre shift {r['shift_px']:.1f} px, area "
+              f"x{r['area_ratio']:.2f})")
     print(f"wrote {out}/contact_sheet.png, metrics.json and {len(results)} edited images")
 
 
