@@ -24,6 +24,7 @@ from embedded import comfy_env  # noqa: E402
 
 comfy_env.setup()
 from embedded import dataset, domain_clip, train_region_predictor as trp  # noqa: E402
+from embedded.domain_encoders import DomainEncoders  # noqa: E402
 from latent_ops import region_predictor, region_search  # noqa: E402
 
 INSTRUCTIONS = ("make the red circle blue", "remove the square", "add a yellow triangle",
@@ -139,7 +140,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     t0 = time.time()
-    enc = trp.DomainEncoders(clip_model=domain_clip.DomainClip().eval() if args.random_clip else None,
+    enc = DomainEncoders(clip_model=domain_clip.DomainClip().eval() if args.random_clip else None,
                              clip_path=args.clip)
     pred = region_predictor.load(args.predictor) if Path(args.predictor).exists() else None
     if pred is None:

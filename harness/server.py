@@ -59,11 +59,16 @@ class ComfyServer:
     extra_nodes: more custom-node folders to link into custom_nodes (e.g. tests/fixture_nodes).
     frontend: serve the real web UI from comfyui-frontend-package; otherwise an empty stub web root.
     threads: torch threads for the server process (OMP_NUM_THREADS); None leaves the environment alone.
+    comfyui: the ComfyUI tree whose main.py runs (default: the one scripts/setup.sh recorded).
+    base: a ComfyUI base directory used as it is (its custom_nodes as installed; kept on stop); default: a
+        temporary one with this pack linked into custom_nodes, deleted on stop.
     """
 
     def __init__(self, extra_nodes=(), frontend=False, startup_timeout=180.0, threads=None, extra_args=(),
-                 python=None):
+                 python=None, comfyui=None, base=None):
         self.extra_nodes = [Path(p).resolve() for p in extra_nodes]
+        self.comfyui = Path(comfyui).resolve() if comfyui else None
+        self.given_base = Path(base).resolve() if base else None
         self.frontend = frontend
         self.startup_timeout = startup_timeout
         self.threads = threads
@@ -83,23 +88,29 @@ class ComfyServer:
         self.stop()
         return False
 
+    def root(self):
+        return self.comfyui or comfyui_dir()
+
     def _prepare_base(self):
-        self.base = Path(tempfile.mkdtemp(prefix="comfy-server-"))
-        nodes_dir = self.base / "custom_nodes"
-        nodes_dir.mkdir()
-        (nodes_dir / pack_folder_name()).symlink_to(PACK_DIR, target_is_directory=True)
-        for folder in self.extra_nodes:
-            (nodes_dir / folder.name).symlink_to(folder, target_is_directory=folder.is_dir())
-        for sub in ("input", "output", "user"):
-            (self.base / sub).mkdir()
+        if self.given_base is not None:
+            self.base = self.given_base
+        else:
+            self.base = Path(tempfile.mkdtemp(prefix="comfy-server-"))
+            nodes_dir = self.base / "custom_nodes"
+            nodes_dir.mkdir()
+            (nodes_dir / pack_folder_name()).symlink_to(PACK_DIR, target_is_directory=True)
+            for folder in self.extra_nodes:
+                (nodes_dir / folder.name).symlink_to(folder, target_is_directory=folder.is_dir())
+            for sub in ("input", "output", "user"):
+                (self.base / sub).mkdir()
         if not self.frontend:
             web = self.base / "web"
-            web.mkdir()
+            web.mkdir(exist_ok=True)
             (web / "index.html").write_text("<!doctype html><title>ComfyUI (headless)</title>\n")
 
     def command(self):
         """The main.py command line."""
-        cmd = [self.python, str(comfyui_dir() / "main.py"), "--cpu", "--listen", HOST, "--port", str(self.port),
+        cmd = [self.python, str(self.root() / "main.py"), "--cpu", "--listen", HOST, "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
                "--disable-auto-launch"]
         if not self.frontend:
@@ -112,6 +123,7 @@ class ComfyServer:
             return self
         self._prepare_base()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("COMFYUI_DIR", None)  # the pack's runtime must not need it (only the harness and scripts read it)
         for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
             env.pop(var, None)
         if self.threads is not None:
@@ -120,7 +132,7 @@ class ComfyServer:
             for attempt in range(3):  # the port can be taken between free_port() and the bind
                 self.port = free_port()
                 self._log = open(self.base / "server.log", "wb")
-                self.process = subprocess.Popen(self.command(), cwd=str(comfyui_dir()), env=env,
+                self.process = subprocess.Popen(self.command(), cwd=str(self.root()), env=env,
                                                 stdin=subprocess.DEVNULL, stdout=self._log,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
                 if self._wait_ready():
@@ -172,7 +184,8 @@ class ComfyServer:
         self._end_process()
         if self.base is not None and not keep_files:
             self.final_log = self.log()
-            shutil.rmtree(self.base, ignore_errors=True)
+            if self.given_base is None:
+                shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
 
     # -- logs ------------------------------------------------------------------------------------------------

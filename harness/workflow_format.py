@@ -18,6 +18,13 @@ def node_class(class_type):
     return cls
 
 
+def display_name(class_type):
+    """The title the frontend gives a new node of this type: its display name in /object_info, else the class name."""
+    import nodes
+    node_class(class_type)
+    return nodes.NODE_DISPLAY_NAME_MAPPINGS.get(class_type, class_type)
+
+
 def input_specs(cls):
     """[(name, spec)] of required then optional inputs, in definition order, with the frontend's image-upload
     widget ("upload", ("IMAGEUPLOAD",)) after the required ones where a required input has image_upload."""

@@ -1,4 +1,4 @@
-"""Stack one CONDITIONING per branch into one batched CONDITIONING, and per-branch CFG."""
+"""Stack one CONDITIONING per branch into one batched CONDITIONING."""
 import math
 
 import torch
@@ -46,20 +46,3 @@ def stack_conditioning(conds, names, per_branch):
         options["pooled_output"] = torch.cat(pooled)
     return [[torch.cat(tensors), options]]
 
-
-class BranchCFG:
-    """sampler_cfg_function applying each branch's own guidance scale to its rows."""
-
-    def __init__(self, scales, per_branch):
-        self.scales = [float(s) for s in scales]
-        self.per_branch = per_branch
-
-    def __call__(self, args):
-        cond, uncond = args["cond"], args["uncond"]
-        scale = torch.tensor(self.scales, dtype=cond.dtype, device=cond.device).repeat_interleave(self.per_branch)
-        scale = scale.repeat(cond.shape[0] // scale.shape[0]).view(-1, *([1] * (cond.ndim - 1)))
-        return uncond + scale * (cond - uncond)
-
-    def guider_cfg(self):
-        """The guider's scale: 1 when no branch uses CFG (uncond is then never computed), else a non-1 value."""
-        return next((s for s in self.scales if not math.isclose(s, 1.0)), 1.0)

@@ -5,7 +5,8 @@ import torch
 
 from ..attention.controller import RUN_KEY
 from ..attention.run_state import RunState
-from .conditioning import BranchCFG, stack_conditioning
+from .branch_cfg import BranchCFG
+from .conditioning import stack_conditioning
 from .guided_loop import StepProgress, run_guided
 from .latent_hooks import latent_hooks_of
 from .solvers import Stepper
@@ -47,7 +48,8 @@ def edit(model, inversion, branches, negative=None, source_mode="replay", start_
         if tuple(s.shape) != inversion.shape:
             raise ValueError(f"{b.role} start latent has shape {tuple(s.shape)}, the inversion {inversion.shape}")
 
-    cfg = BranchCFG([b.cfg for b in branches], per_branch)
+    # a sampler_cfg_function already on the MODEL (RescaleCFG, ...) is chained per branch, not replaced
+    cfg = BranchCFG([b.cfg for b in branches], per_branch, model.model_options.get("sampler_cfg_function"))
     if cfg.guider_cfg() != 1.0 and negative is None:
         raise ValueError("negative: a branch uses guidance other than 1, so a negative CONDITIONING is required")
     names = [f"{r} conditioning" for r in roles]

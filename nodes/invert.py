@@ -83,4 +83,4 @@ class Invert:
 
 
 NODE_CLASS_MAPPINGS = {"AttentionEditInvert": Invert}
-NODE_DISPLAY_NAME_MAPPINGS = {"AttentionEditInvert": "Invert (DDIM / Euler / RF-Solver / FireFlow)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"AttentionEditInvert": "Invert (DDIM / Euler / RF-Solver / FireFlow inversion)"}

@@ -19,12 +19,12 @@ def _embedded_paths():
 
 
 def _embedded_encoders(clip):
-    from ..embedded import train_region_predictor as trp
+    from ..embedded.domain_encoders import DomainEncoders
     clip_path = _embedded_paths()[0]
     key = ("enc", clip_path, id(clip))
     if key not in _cache:
         _cache.clear()
-        _cache[key] = trp.DomainEncoders(text_clip=clip, clip_path=clip_path)
+        _cache[key] = DomainEncoders(text_clip=clip, clip_path=clip_path)
     return _cache[key]
 
 

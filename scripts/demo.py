@@ -6,7 +6,6 @@ workflows and writes the edited images, a labelled contact sheet and a metrics J
 import argparse
 import io
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -63,12 +62,10 @@ def main():
     workflows = embedded_workflows()
     labels = sorted({w[0] for w in workflows})
     results, images = [], {}
-    with ComfyServer(threads=args.threads) as server:
-        for image in (ROOT / "workflows" / "inputs").glob("*.png"):
-            shutil.copy(image, server.base / "input" / image.name)
+    with ComfyServer(threads=args.threads) as server:  # the pack puts the input images into its input folder
         for label, denoiser, prompt in tqdm(workflows, desc="demo workflows", unit="workflow"):
             entry = server.run(prompt, timeout=900)
-            node_id, file = server.output_files(entry, "images")[0]
+            [file] = [f for _, f in server.output_files(entry, "images") if f["type"] == "output"]  # not previews
             picture = Image.open(io.BytesIO(server.view(file))).convert("RGB")
             picture.save(out / f"{label}_{denoiser}.png")
             images[(label, denoiser)] = picture

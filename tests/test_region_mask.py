@@ -166,9 +166,8 @@ def test_iou_benchmark_tiny(pack, embedded_weights, capsys):
         "region_mask_iou", Path(__file__).resolve().parent.parent / "benchmarks" / "region_mask_iou.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    trp = pack("embedded.train_region_predictor")
     rp = pack("latent_ops.region_predictor")
-    enc = trp.DomainEncoders(clip_path=embedded_weights[0])
+    enc = pack("embedded.domain_encoders").DomainEncoders(clip_path=embedded_weights[0])
     res = bench.evaluate(enc, rp.load(embedded_weights[1]), n=1, instructions=bench.INSTRUCTIONS[:3])
     vals = [v for by in res.values() for r in by.values() for v in r.values()]
     assert len(vals) == 3 * 2 * 2 and all(0.0 <= v <= 1.0 for v in vals)

@@ -133,3 +133,39 @@ def test_embedded_api_workflow_runs(comfy, built, tmp_path, name):
     folder_paths.set_output_directory(str(tmp_path))
     comfy.run_prompt(json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()))
     assert list(tmp_path.rglob("*.png"))
+
+
+def test_every_pack_node_has_an_embedded_example(comfy, built):
+    used = {node["class_type"] for name, (api, _) in built.items() if "embedded" in name for node in api.values()}
+    assert set(comfy.pack_node_names()) <= used, sorted(set(comfy.pack_node_names()) - used)
+
+
+def test_every_api_node_has_a_title_defaulting_to_its_display_name(built):
+    """As the frontend's Export (API) writes them (comfy-api-simplified finds nodes by `_meta.title`)."""
+    import nodes
+    for name, (api, ui) in built.items():
+        titled = {str(n["id"]): n["title"] for n in ui["nodes"] if "title" in n}
+        for node_id, node in api.items():
+            default = nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node["class_type"], node["class_type"])
+            assert node["_meta"]["title"] == titled.get(node_id, default), (name, node_id)
+
+
+def source_of(api, link, class_type):
+    node = api[link[0]]
+    assert node["class_type"] == class_type, (link, node["class_type"])
+    return node
+
+
+def test_flux_dev_workflows_invert_at_guidance_1_and_edit_at_2_without_cfg(built):
+    """FLUX.1-dev is guidance-distilled: FluxGuidance 1 on the inversion's (and the aux branch's) conditioning,
+    2 on the target's (ProEdit, RF-Solver-Edit), cfg 1."""
+    flux = {name: api for name, (api, _) in built.items() if name.endswith("_flux_dev")}
+    assert len(flux) == 6
+    for name, api in flux.items():
+        [invert] = [n for n in api.values() if n["class_type"] == "AttentionEditInvert"]
+        [edit] = [n for n in api.values() if n["class_type"] == "AttentionEditSampler"]
+        assert edit["inputs"]["target_cfg"] == 1.0 and invert["inputs"]["cfg"] == 1.0, name
+        assert source_of(api, invert["inputs"]["positive"], "FluxGuidance")["inputs"]["guidance"] == 1.0, name
+        assert source_of(api, edit["inputs"]["target_positive"], "FluxGuidance")["inputs"]["guidance"] == 2.0, name
+        if "aux_positive" in edit["inputs"]:
+            assert source_of(api, edit["inputs"]["aux_positive"], "FluxGuidance")["inputs"]["guidance"] == 1.0, name

@@ -60,7 +60,7 @@ def real_loaders(g, family):
 
 
 def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, flow, aux=None, cache_kv=False,
-                       capture_steps="", after_invert=None):
+                       capture_steps="", after_invert=None, after_edit=None):
     inv = g.add("AttentionEditInvert", model=model, latent=latent, positive=src, steps=steps,
                                   scheduler="simple", solver="auto", cfg=1.0, capture_steps=capture_steps,
                                   cache_kv=cache_kv, cache_dtype="float16", cache_device="cpu")
@@ -71,6 +71,8 @@ def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, f
                  source_mode="replay", source_cfg=1.0, start_step=0, negative=neg, **extra)
     image = g.add("VAEDecode", samples=edit[0], vae=vae)
     g.add("SaveImage", images=image[0], filename_prefix=f"attention_edit/{name}")
+    if after_edit is not None:
+        after_edit(g, edit)
     return inv, edit
 
 
@@ -87,15 +89,32 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
         steps, cfg = 20, (4.0 if denoiser == "unet" else 3.0)
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
-        steps, cfg = (15, 1.0) if backbone == "flux" else (50, 7.5)
+        steps, cfg = (15, 1.0) if backbone == "flux" else (50, 7.5)  # FLUX.1-dev: guidance-distilled, no CFG
+        if backbone == "flux":
+            src, tgt, neg = flux_guidance(g, src, tgt, neg)
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
                backbone=backbone, case=case_by_name(DEMO_CASE) if backbone.startswith("embedded") else None,
                steps=steps)
     if patch is not None:
         model = patch(g, ctx)
     invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, tgt, neg, f"{name}_{backbone}", steps,
-                       cfg, backbone.endswith("flux"), aux=neg if aux else None, after_invert=ctx.get("after_invert"))
+                       cfg, backbone.endswith("flux"), aux=neg if aux else None, after_invert=ctx.get("after_invert"),
+                       after_edit=ctx.get("after_edit"))
     return g
+
+
+# ProEdit and RF-Solver-Edit on FLUX.1-dev invert at guidance 1 and edit at guidance 2; the flux_dev workflows of
+# the U-Net papers' techniques (UAM, CPAM, MasaCtrl) use the same setting.
+FLUX_INVERSION_GUIDANCE, FLUX_TARGET_GUIDANCE = 1.0, 2.0
+
+
+def flux_guidance(g, src, tgt, neg):
+    """FluxGuidance per branch: the source and empty prompts (inversion, source, aux) at the inversion's guidance,
+    the target prompt at the edit's."""
+    def guided(cond, what, value):
+        return g.add("FluxGuidance", title=f"FLUX guidance: {what}", conditioning=cond, guidance=value)[0]
+    return (guided(src, "source prompt", FLUX_INVERSION_GUIDANCE), guided(tgt, "target prompt", FLUX_TARGET_GUIDANCE),
+            guided(neg, "empty prompt", FLUX_INVERSION_GUIDANCE))
 
 
 def prompt_and_word(ctx):
@@ -115,10 +134,19 @@ def base_edit(backbone):
 
 
 def uam_patch(g, ctx):
-    """Uniform Attention Maps: uniform cross-attention on the aux branch (and during inversion) + adaptive blend."""
+    """Uniform Attention Maps: uniform cross-attention on the aux branch (and during inversion) + adaptive blend;
+    after the edit, a preview of the blend mask from the edited and source latents."""
+    ctx["after_edit"] = blend_mask_preview
     model = g.add("AttentionEditUniformAttnPatch", model=ctx["model"], branches="aux", during_inversion=True)
     return g.add("AttentionEditBlend", model=model[0], mode="adaptive", into="target", fill="aux", quantile=0.5,
                  threshold_scale=1.0, T_mask=200, dilation=1)[0]
+
+
+def blend_mask_preview(g, edit):
+    """Blend Mask Preview of the Edit Sampler's edited and source latents, shown as an image."""
+    mask = g.add("AttentionEditBlendMaskPreview", edited=edit[0], source=edit[1], quantile=0.5, threshold_scale=1.0,
+                 dilation=1)
+    g.add("PreviewImage", images=g.add("MaskToImage", mask=mask[0])[0])
 
 
 def uam_edit(backbone):
@@ -221,6 +249,18 @@ def region_proedit_edit(backbone):
     return edit_workflow(backbone, "region_mask_proedit", region_proedit_patch)
 
 
+def source_injection_patch(g, ctx):
+    """The feature-sharing baselines with their papers' layers and steps: MasaCtrl (source K/V) on U-Nets,
+    RF-Solver-Edit (source V) on Flux."""
+    mode = "value (RF-Solver-Edit)" if ctx["backbone"].endswith("flux") else "key+value (MasaCtrl)"
+    return g.add("AttentionEditSourceInjection", model=ctx["model"], mode=mode, start_step=-1, end_step=-1,
+                 layers="paper default", layer_fraction=0.0)[0]
+
+
+def source_injection_edit(backbone):
+    return edit_workflow(backbone, "source_injection", source_injection_patch)
+
+
 def cpam_edit(backbone):
     return edit_workflow(backbone, "cpam", cpam_patch, aux=True, invert_empty=True)
 
@@ -228,7 +268,8 @@ def cpam_edit(backbone):
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
              "flux_dev": "flux"}
 TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit,
-              "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit}
+              "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit,
+              "source_injection": source_injection_edit}
 UNET_ONLY = {"unifyedit"}  # ComfyUI's Flux blocks update residuals in place, which blocks latent gradients
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
