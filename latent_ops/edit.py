@@ -6,7 +6,8 @@ import torch
 from ..attention.controller import RUN_KEY
 from ..attention.run_state import RunState
 from .branch_cfg import BranchCFG
-from .conditioning import stack_conditioning
+from .branch_guidance import apply_branch_guidance
+from .conditioning import branch_guidance, stack_conditioning
 from .guided_loop import StepProgress, run_guided
 from .latent_hooks import latent_hooks_of
 from .solvers import Stepper
@@ -58,6 +59,7 @@ def edit(model, inversion, branches, negative=None, source_mode="replay", start_
         if negative is not None else None
 
     clone = model.clone()
+    apply_branch_guidance(clone, branch_guidance([b.positive for b in branches]), names)
     run = RunState(branches=roles, per_branch=per_branch, phase="edit", total_steps=inversion.steps,
                    latent_hw=tuple(inversion.shape[-2:]))
     run.store.update(inversion.store)

@@ -12,7 +12,9 @@ import torch
 
 from ..attention.controller import RUN_KEY
 from ..attention.run_state import RunState
-from .conditioning import BranchCFG, stack_conditioning
+from .branch_cfg import BranchCFG
+from .branch_guidance import apply_branch_guidance
+from .conditioning import branch_guidance, stack_conditioning
 from .guided_loop import StepProgress, run_guided
 from .inversion import schedule
 from .latent_hooks import latent_hooks_of
@@ -38,7 +40,7 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
     roles = ["source", "target"] + (["aux"] if aux_positive is not None else [])
     conds = [source_positive, target_positive] + ([aux_positive] if aux_positive is not None else [])
     n = latent.shape[0]
-    cfg = BranchCFG([source_cfg, target_cfg, aux_cfg][:len(roles)], n)
+    cfg = BranchCFG([source_cfg, target_cfg, aux_cfg][:len(roles)], n, model.model_options.get("sampler_cfg_function"))
     if cfg.guider_cfg() != 1.0 and negative is None:
         raise ValueError("negative: a guidance scale is not 1, so connect a negative CONDITIONING")
     positive = stack_conditioning(conds, [f"{r} conditioning" for r in roles], n)
@@ -47,6 +49,7 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
     sigmas = schedule(model, steps, scheduler)
     sampling = model.get_model_object("model_sampling")
     clone = model.clone()
+    apply_branch_guidance(clone, branch_guidance(conds), [f"{r} conditioning" for r in roles])
     run = RunState(branches=roles, per_branch=n, phase="edit", total_steps=steps, latent_hw=tuple(latent.shape[-2:]))
     clone.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
     clone.model_options["sampler_cfg_function"] = cfg
