@@ -8,7 +8,7 @@ import build as workflows  # noqa: I001 (workflows/ is on sys.path)
 from graph import Graph
 
 CFG = {"unet": 4.0, "flux": 3.0}
-UNET_ONLY = {"unifyedit"}  # see workflows/build.py UNET_ONLY
+UNET_ONLY = {"unifyedit", "unifyedit_drift"}  # see workflows/build.py UNET_ONLY
 FLUX_ONLY = {"rf_solver_edit_v"}  # RF-Solver-Edit shares V in FLUX single blocks
 
 
@@ -62,8 +62,10 @@ def _vae_roundtrip(denoiser, case, image_name, steps):
     return _decoded(g, ctx, ctx["latent"])
 
 
-FLOWEDIT = {"flux": dict(n_max=12, source_cfg=1.5, target_cfg=5.5), "unet": dict(n_max=12, source_cfg=1.5,
-                                                                                    target_cfg=5.5)}
+# FlowEdit on the embedded models at 15 steps (chosen by the sweep in docs/preservation.md): without a mask a short
+# window and mild target guidance; with a mask that protects the rest, a longer window.
+FLOWEDIT = dict(n_max=8, source_cfg=1.0, target_cfg=2.0)
+FLOWEDIT_MASKED = dict(n_max=12, source_cfg=1.0, target_cfg=3.0)
 
 
 def _flowedit(patch=None, **overrides):
@@ -73,7 +75,7 @@ def _flowedit(patch=None, **overrides):
         ctx = _loaders(g, denoiser, case, image_name, steps)
         model = patch(g, ctx) if patch else ctx["model"]
         aux = {"aux_positive": ctx["neg"], "aux_cfg": 1.0} if overrides.pop("aux", False) else {}
-        settings = dict(FLOWEDIT[denoiser], n_min=0, n_avg=1, **overrides)
+        settings = dict(FLOWEDIT, n_min=0, n_avg=1, **overrides)
         edit = g.add("AttentionEditFlowEdit", model=model, latent=ctx["latent"], source_positive=ctx["src"],
                      target_positive=ctx["tgt"], steps=steps, scheduler="simple", seed=0, negative=ctx["neg"],
                      **settings, **aux)
@@ -82,7 +84,8 @@ def _flowedit(patch=None, **overrides):
 
 
 def _keep(technique=None, mask="exact", **keep):
-    """`technique`'s MODEL patch followed by Keep Outside Mask with the exact edit mask or the mask from attention."""
+    """`technique`'s MODEL patch followed by Keep Outside Mask with ctx["mask"] (the exact edit mask unless the
+    technique replaced it) or ("attention") a mask from attention."""
     def patch(g, ctx):
         model = technique(g, ctx) if technique else ctx["model"]
         chosen = ctx["mask"] if mask == "exact" else workflows.attention_mask(g, ctx)
@@ -159,21 +162,29 @@ METHODS = {
                                                                                          "per-image search")),
     "cpam_region_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_predicted_mask(workflows.cpam_patch, "trained"),
                                                   aux=True, invert_with="empty"),
-    # preservation: Direct Inversion drift correction, Keep Outside Mask (exact / attention mask), FlowEdit
+    # preservation: Direct Inversion drift correction on every technique
     "target_prompt_drift": lambda d, c, i, s: _graph(d, c, i, s, drift=1.0),
-    "proedit_drift": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.proedit_patch, drift=1.0),
+    "uam_blend_drift": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.uam_patch, aux=True, invert_with="empty",
+                                                 drift=1.0),
+    "proedit_exact_mask_drift": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.proedit_patch, drift=1.0),
+    "cpam_drift": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.cpam_patch, aux=True, invert_with="empty",
+                                            drift=1.0),
+    "masactrl_drift": lambda d, c, i, s: _graph(d, c, i, s, patch=_source_injection("key+value (MasaCtrl)"), drift=1.0),
+    "unifyedit_drift": lambda d, c, i, s: _graph(d, c, i, s, patch=workflows.unifyedit_patch, drift=1.0),
+    # preservation: Keep Outside Mask with the exact mask or the mask from attention (no mask from the user)
     "keep_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep()),
     "keep_attention_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep(mask="attention")),
     "proedit_keep_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep(workflows.proedit_patch)),
     "proedit_keep_attention_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep(
-        _with_mask(workflows.proedit_patch, lambda g, x: None), mask="attention")),
+        _with_mask(workflows.proedit_patch, workflows.attention_mask))),
     "cpam_keep_exact_mask": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep(workflows.cpam_patch), aux=True,
                                                       invert_with="empty"),
+    # FlowEdit, alone, with the pack's attention patches, and with Keep Outside Mask
     "flowedit": _flowedit(),
-    "flowedit_kvmix": _flowedit(lambda g, x: workflows.proedit_patch(g, x, shift=False)),
+    "flowedit_kvmix_exact_mask": _flowedit(lambda g, x: workflows.proedit_patch(g, x, shift=False)),
     "flowedit_cpam": _flowedit(workflows.cpam_patch, aux=True),
-    "flowedit_keep_exact_mask": _flowedit(_keep()),
     "flowedit_keep_attention_mask": _flowedit(_keep(mask="attention")),
+    "flowedit_keep_exact_mask": _flowedit(_keep(), **FLOWEDIT_MASKED),
 }
 
 

@@ -53,10 +53,19 @@ def test_edit_cases_have_consistent_masks():
             assert (masks[0] > 0.5).sum() == ((masks[0] > 0.5) * (keep > 0.5)).sum(), case.name
 
 
-def test_generated_cases_are_deterministic():
-    from embedded.edit_suite import generated_cases
-    assert generated_cases(2, seed=5) == generated_cases(2, seed=5)
-    assert generated_cases(2, seed=5) != generated_cases(2, seed=6)
+def test_layout_cases_are_deterministic_and_varied():
+    from embedded.edit_suite import KINDS, layout_cases
+    assert layout_cases(8, seed=5) == layout_cases(8, seed=5)
+    assert layout_cases(8, seed=5) != layout_cases(8, seed=6)
+    cases = layout_cases(6)
+    assert len(cases) == 6 * len(KINDS)
+    for kind in KINDS:  # every kind has two-object scenes, corner objects and the smallest and largest sizes
+        of_kind = [c for c in cases if c.kind == kind]
+        objects = [o for c in of_kind for o in c.source["objects"] + c.target["objects"]]
+        assert any(len(c.source["objects"]) == 2 or len(c.target["objects"]) == 2 for c in of_kind), kind
+        assert any(min(o["cx"], o["cy"]) - o["r"] < 0.04 and max(o["cx"], o["cy"]) + o["r"] > 0.5 for o in objects)
+        radii = {round(o["r"], 3) for o in objects}
+        assert len(radii) >= 2, kind
 
 
 def test_every_benchmark_method_builds_a_valid_graph(comfy):
