@@ -127,11 +127,48 @@ def table(results):
     return "\n".join(lines)
 
 
+def markdown(results):
+    """The tables of docs/results.md: means per method, then per edit kind (success / bg PSNR / shift / area)."""
+    lines = []
+    for denoiser, methods in results.items():
+        n = len(next(iter(methods.values()))["cases"])
+        lines += [f"\n### {denoiser} ({n} cases)\n", "| method | bg PSNR | bg SSIM | success | old success | shift px | "
+                  "area ratio | colour-goal layout | domain CLIP | recon PSNR | s |", "|---|" + "---:|" * 10]
+        for name, res in methods.items():
+            rows = res["cases"]
+            mean = lambda m: np.nanmean([r.get(m, np.nan) for r in rows]) if any(
+                np.isfinite(r.get(m, np.nan)) for r in rows) else float("nan")
+            med = lambda m: np.nanmedian([r.get(m, np.nan) for r in rows]) if any(
+                np.isfinite(r.get(m, np.nan)) for r in rows) else float("nan")
+            cells = [mean("bg_psnr"), mean("bg_ssim"), mean("success"), mean("attr_success"), med("shift"),
+                     med("area_ratio"), mean("layout_ok"), mean("clip"), mean("recon_psnr")]
+            lines.append(f"| {name} | " + " | ".join("" if not np.isfinite(v) else f"{v:.3f}" if i in (1, 2, 3, 6, 7)
+                                                    else f"{v:.2f}" for i, v in enumerate(cells))
+                         + f" | {res['seconds']:.0f} |")
+        kinds = sorted({r["kind"] for res in methods.values() for r in res["cases"]})
+        lines += [f"\n{denoiser}, per edit kind: success / bg PSNR / median centre shift (px) / median area ratio\n",
+                  "| method | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for name, res in methods.items():
+            cells = []
+            for k in kinds:
+                rows = [r for r in res["cases"] if r["kind"] == k]
+                shift = np.nanmedian([r["shift"] for r in rows]) if any(np.isfinite(r["shift"]) for r in rows) \
+                    else float("nan")
+                area = np.nanmedian([r["area_ratio"] for r in rows]) if any(np.isfinite(r["area_ratio"])
+                                                                            for r in rows) else float("nan")
+                cells.append(f"{np.mean([r['success'] for r in rows]):.2f} / {np.mean([r['bg_psnr'] for r in rows]):.1f}"
+                             f" / {shift:.1f} / {area:.2f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
     import edit_methods
     from embedded.edit_suite import KINDS
     parser = argparse.ArgumentParser()
-    parser.add_argument("--from-json", default=None, help="print the tables of a saved run instead of running")
+    parser.add_argument("--from-json", nargs="+", default=None, help="print the tables of saved runs instead of "
+                        "running (several files: their denoisers are merged)")
+    parser.add_argument("--markdown", action="store_true", help="with --from-json: the docs/results.md tables")
     parser.add_argument("--denoisers", nargs="+", default=["unet", "flux"])
     parser.add_argument("--methods", nargs="+", default=list(edit_methods.METHODS))
     parser.add_argument("--cases", type=int, default=0, help="first N cases only (0: all)")
@@ -144,7 +181,13 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "output" / "benchmark.json"))
     args = parser.parse_args()
     if args.from_json:
-        results = json.loads(Path(args.from_json).read_text())
+        results = {}
+        for path in args.from_json:
+            for denoiser, methods in json.loads(Path(path).read_text()).items():
+                results.setdefault(denoiser, {}).update(methods)
+        if args.markdown:
+            print(markdown(results))
+            return
         print(table(results))
         print(kind_table(results))
         return

@@ -156,10 +156,26 @@ def source_of(api, link, class_type):
     return node
 
 
+def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(built):
+    """FlowEdit examples: Keep Outside Mask (from attention, or drawn) on the MODEL; FLUX.1-dev at the paper's
+    guidance 1.5 (source) / 5.5 (target) through FluxGuidance, no CFG."""
+    flowedit = {name: api for name, (api, _) in built.items() if name.startswith("flowedit")}
+    assert len(flowedit) == 10
+    for name, api in flowedit.items():
+        [edit] = [n for n in api.values() if n["class_type"] == "AttentionEditFlowEdit"]
+        keep = source_of(api, edit["inputs"]["model"], "AttentionEditKeepOutsideMask")
+        mask = api[keep["inputs"]["mask"][0]]["class_type"]
+        assert mask == ("LoadImageMask" if "keep_mask" in name else "AttentionEditMaskFromAttention"), name
+        if name.endswith("flux_dev"):
+            assert edit["inputs"]["source_cfg"] == edit["inputs"]["target_cfg"] == 1.0
+            assert source_of(api, edit["inputs"]["source_positive"], "FluxGuidance")["inputs"]["guidance"] == 1.5
+            assert source_of(api, edit["inputs"]["target_positive"], "FluxGuidance")["inputs"]["guidance"] == 5.5
+
+
 def test_flux_dev_workflows_invert_at_guidance_1_and_edit_at_2_without_cfg(built):
     """FLUX.1-dev is guidance-distilled: FluxGuidance 1 on the inversion's (and the aux branch's) conditioning,
     2 on the target's (ProEdit, RF-Solver-Edit), cfg 1."""
-    flux = {name: api for name, (api, _) in built.items() if name.endswith("_flux_dev")}
+    flux = {name: api for name, (api, _) in built.items() if name.endswith("_flux_dev") and "flowedit" not in name}
     assert len(flux) == 6
     for name, api in flux.items():
         [invert] = [n for n in api.values() if n["class_type"] == "AttentionEditInvert"]

@@ -265,11 +265,60 @@ def cpam_edit(backbone):
     return edit_workflow(backbone, "cpam", cpam_patch, aux=True, invert_empty=True)
 
 
+# FlowEdit settings. Embedded models (15 steps): the benchmark's best without a mask (a short window, mild target
+# guidance) and with a mask protecting the rest (a longer window); docs/preservation.md has the sweep.
+# FLUX.1-dev: the paper's (T 28, n_max 24, guidance 1.5 / 5.5 through FluxGuidance per branch, no CFG).
+# SD1.5 / SDXL: the paper's SD3 setting (T 50, n_max 33, CFG 3.5 / 13.5): not measured on these models.
+FLOWEDIT = {"embedded": (dict(steps=15, n_max=8, source_cfg=1.0, target_cfg=2.0),
+                         dict(steps=15, n_max=12, source_cfg=1.0, target_cfg=3.0)),
+            "flux": (dict(steps=28, n_max=24, source_cfg=1.0, target_cfg=1.0),) * 2,
+            "unet": (dict(steps=50, n_max=33, source_cfg=3.5, target_cfg=13.5),) * 2}
+FLOWEDIT_FLUX_GUIDANCE = (1.5, 5.5)
+
+
+def flowedit_workflow(backbone, name, drawn_mask):
+    """Load -> FlowEdit (MODEL with Keep Outside Mask) -> decode -> save. The kept region is outside the mask from
+    attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png)."""
+    g = Graph()
+    embedded_model = backbone.startswith("embedded")
+    if embedded_model:
+        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, backbone.split("_")[1], DEMO_CASE)
+        settings = FLOWEDIT["embedded"][drawn_mask]
+    else:
+        model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
+        settings = FLOWEDIT["flux" if backbone == "flux" else "unet"][drawn_mask]
+    ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
+               backbone=backbone, case=case_by_name(DEMO_CASE) if embedded_model else None)
+    mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
+    model = keep_outside(g, model, mask)
+    if backbone == "flux":
+        guided = lambda cond, what, v: g.add("FluxGuidance", title=f"FLUX guidance: {what}", conditioning=cond,
+                                             guidance=v)[0]
+        src, tgt = guided(src, "source prompt", FLOWEDIT_FLUX_GUIDANCE[0]), guided(tgt, "target prompt",
+                                                                                 FLOWEDIT_FLUX_GUIDANCE[1])
+    edit = g.add("AttentionEditFlowEdit", model=model, latent=latent, source_positive=src, target_positive=tgt,
+                 scheduler="simple", n_min=0, n_avg=1, seed=0, negative=neg, **settings)
+    decoded = g.add("VAEDecode", samples=edit[0], vae=vae)
+    g.add("SaveImage", images=decoded[0], filename_prefix=f"attention_edit/{name}_{backbone}")
+    return g
+
+
+def flowedit_edit(backbone):
+    """The recommended edit without a mask: FlowEdit, keeping the source outside the mask from attention."""
+    return flowedit_workflow(backbone, "flowedit_keep", drawn_mask=False)
+
+
+def flowedit_masked_edit(backbone):
+    """The recommended edit with a drawn mask: FlowEdit, keeping the source outside the mask."""
+    return flowedit_workflow(backbone, "flowedit_keep_mask", drawn_mask=True)
+
+
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
              "flux_dev": "flux"}
 TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit,
               "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit,
-              "source_injection": source_injection_edit}
+              "source_injection": source_injection_edit, "flowedit_keep": flowedit_edit,
+              "flowedit_keep_mask": flowedit_masked_edit}
 UNET_ONLY = {"unifyedit"}  # ComfyUI's Flux blocks update residuals in place, which blocks latent gradients
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
