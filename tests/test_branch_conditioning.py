@@ -3,15 +3,7 @@ import pytest
 import torch
 
 from test_inversion import source_latent
-
-
-@pytest.fixture(scope="module")
-def ops(pack):
-    class Ops:
-        inversion = pack("latent_ops.inversion")
-        edit = pack("latent_ops.edit")
-        flowedit = pack("latent_ops.flowedit")
-    return Ops
+from test_preservation import ops  # noqa: F401  (the fixture)
 
 
 def with_options(cond, **options):
