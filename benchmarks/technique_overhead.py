@@ -113,7 +113,7 @@ def inversions(runtime, work, steps, need_cache):
         node = runtime.pack_module("nodes.invert").Invert()
         inverted["kv_cache"] = node.run(work["model"], {"samples": work["latent"]}, work["src"], steps, "simple",
                                         "auto", 1.0, capture_steps=f"0-{inject_steps(steps) - 1}", cache_kv=True,
-                                        cache_dtype="float16", cache_device="cpu")[0]
+                                        cache_dtype="auto", cache_device="cpu")[0]
     return inverted
 
 

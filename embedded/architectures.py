@@ -92,7 +92,7 @@ def _patcher(model, state_dict, seed):
         missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
             raise ValueError(f"state dict does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.diffusion_model.float()
+    model.diffusion_model.to(model.diffusion_model.dtype or torch.float32)  # the config's dtype (float32 default)
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
