@@ -45,6 +45,7 @@ class Variant:
     aux: bool = False          # a third (auxiliary, empty prompt, cfg 1) branch
     kv_cache: bool = False     # edit from an inversion that cached the source K/V of the inject steps
     patched: bool = True       # False: the unpatched MODEL (a reference)
+    shift: bool = False        # the target starts from Latents-Shift's noise (ProEdit's pipeline)
 
     @property
     def base(self):
