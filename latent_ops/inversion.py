@@ -6,9 +6,13 @@ import comfy.samplers
 import torch
 
 from ..attention.controller import RUN_KEY
+from ..attention.indexing import INDEX_KEY
+from ..attention.token_masks import TOKENS_KEY
 from ..attention.run_state import RunState
 from .guided_loop import StepProgress, is_flow, run_guided
 from .solvers import Stepper
+
+RUN_CACHES = (INDEX_KEY, TOKENS_KEY)  # the run's own per-device caches: not results, keyed by the model's device
 
 
 @dataclass
@@ -105,7 +109,7 @@ def invert(model, latent, positive, negative=None, cfg=1.0, steps=15, scheduler=
     keep = comfy.model_management.intermediate_device()
     return Inversion(trajectory=to_device(trajectory, keep), sigmas=sigmas, solver=solver, flow=flow,
                      model_id=id(model.model), model_name=type(model.model).__name__, positive=positive, cfg=cfg,
-                     store=to_device(dict(run.store), keep))
+                     store=to_device({k: v for k, v in run.store.items() if k not in RUN_CACHES}, keep))
 
 
 def to_device(value, device):

@@ -109,6 +109,7 @@ def test_cache_is_staged_per_step_or_whole_and_freed_after_the_edit(kv, fixtures
         keep = comfy.model_management.intermediate_device()
         assert all(t.device == keep for t in inv.trajectory)
         assert all(k.device == keep for k, _ in inv.store[kv.store.KV_KEY].values())
+        assert set(inv.store) == {kv.store.KV_KEY}  # no per-run device caches (index tensors, token masks)
         cached = dict(inv.store[kv.store.KV_KEY])
         out, run = kv.edit.edit(patched, inv, [kv.edit.Branch("source", pos, 1.0), kv.edit.Branch("target", tgt, 2.0)],
                                 negative=fixtures.tiny_conditioning(""))
