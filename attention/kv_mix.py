@@ -26,6 +26,13 @@ def mix_region(mask, edit_type):
     raise ValueError(f"edit_type must be one of {EDIT_TYPES}, got '{edit_type}'")
 
 
+def missing_entry(step, layer, inject):
+    """The error text for a K/V cache without the entry of (step, layer)."""
+    return (f"KV-mix source 'inversion cache': the inversion holds no cached K/V for step {step}, layer {layer}. "
+            f"Invert with this MODEL and cache_kv on with capture_steps '0-{inject - 1}' (the first inject steps; "
+            f"empty capture_steps picks them), or use source 'batch'")
+
+
 def mix_kv(k_tgt, k_src, weight):
     """lerp(k_src, k_tgt, weight): weight broadcast over [..., tokens, dim] as [..., tokens, 1]."""
     return torch.lerp(k_src, k_tgt, weight.to(k_tgt.dtype)[..., None].expand_as(k_tgt))
@@ -84,10 +91,7 @@ class KVMix(Controller):
             cache = call.run.store.get(KV_KEY)
             entry = None if cache is None else cache.get((call.step, call.layer))
             if entry is None:
-                raise ValueError(
-                    f"KV-mix source 'inversion cache': the inversion holds no cached K/V for step {call.step}, layer "
-                    f"{call.layer}. In the Invert node turn cache_kv on with capture_steps '0-{self.inject - 1}' "
-                    f"(the first inject steps), or use source 'batch'")
+                raise ValueError(missing_entry(call.step, call.layer, self.inject))
             k, v = entry
             if k.shape[0] != count:
                 raise ValueError(f"KV-mix: the K/V cache holds {k.shape[0]} images, the edit {count}; invert the "
@@ -117,3 +121,27 @@ class KVMix(Controller):
             k[idx, :, img] = mix_kv(call.k[idx][:, :, img], k_src, w[:, None])
             v[idx, :, img] = mix_kv(call.v[idx][:, :, img], v_src, w[:, None])
         call.set_kv(k, v)
+
+
+def cache_readers(chain):
+    """The KV-mix controllers of a controller chain that read the inversion's K/V cache."""
+    return [c for c in chain if isinstance(c, KVMix) and c.source == "cache"]
+
+
+def cache_needs(readers, total_steps, start_step=0):
+    """(steps, layers) the readers look up in the cache: steps start_step .. inject-1; layers None = every layer."""
+    steps, layers = set(), set()
+    for r in readers:
+        steps.update(range(start_step, min(r.inject, total_steps)))
+        layers = None if layers is None or r.layers is None else layers | r.layers
+    return steps, layers
+
+
+def check_cache(readers, cache, total_steps, all_layers, start_step=0):
+    """A clear error before sampling when the readers would look up a (step, layer) the cache lacks."""
+    steps, layers = cache_needs(readers, total_steps, start_step)
+    cached = set(cache or ())
+    for step in sorted(steps):
+        for layer in all_layers if layers is None else sorted(layers):
+            if (step, layer) not in cached:
+                raise ValueError(missing_entry(step, layer, max(r.inject for r in readers)))

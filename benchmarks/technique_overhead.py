@@ -45,6 +45,7 @@ class Variant:
     aux: bool = False          # a third (auxiliary, empty prompt, cfg 1) branch
     kv_cache: bool = False     # edit from an inversion that cached the source K/V of the inject steps
     patched: bool = True       # False: the unpatched MODEL (a reference)
+    shift: bool = False        # the target starts from Latents-Shift's noise (ProEdit's pipeline)
 
     @property
     def base(self):
@@ -113,7 +114,7 @@ def inversions(runtime, work, steps, need_cache):
         node = runtime.pack_module("nodes.invert").Invert()
         inverted["kv_cache"] = node.run(work["model"], {"samples": work["latent"]}, work["src"], steps, "simple",
                                         "auto", 1.0, capture_steps=f"0-{inject_steps(steps) - 1}", cache_kv=True,
-                                        cache_dtype="float16", cache_device="cpu")[0]
+                                        cache_dtype="auto", cache_device="cpu")[0]
     return inverted
 
 

@@ -92,7 +92,7 @@ def _patcher(model, state_dict, seed):
         missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
             raise ValueError(f"state dict does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.diffusion_model.float()
+    model.diffusion_model.to(model.diffusion_model.dtype or torch.float32)  # the config's dtype (float32 default)
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -131,4 +131,18 @@ def flux_dev_config(dtype=torch.bfloat16):
         "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 19, "depth_single_blocks": 38,
         "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
         "dtype": dtype,
+    }
+
+
+def sdxl_unet_config(dtype=torch.float16):
+    """The full SDXL base U-Net config (2.6 B params), as ComfyUI's model detection gives it: 320 channels,
+    mult (1,2,4), transformer depths 0/2/10, 64-channel heads, context 2048, adm 2816 (pooled 1280 + 6 x 256)."""
+    return {
+        "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+        "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
+        "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+        "transformer_depth_middle": 10, "num_heads": -1, "num_head_channels": 64, "context_dim": 2048,
+        "use_spatial_transformer": True, "legacy": False, "use_linear_in_transformer": True,
+        "adm_in_channels": 2816, "use_temporal_attention": False, "use_temporal_resblock": False,
+        "dtype": dtype, "num_classes": "sequential",
     }

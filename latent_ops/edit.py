@@ -1,9 +1,14 @@
 """The multi-branch edit sampler: source, target and optional auxiliary branches denoised in one batch."""
+import logging
 from dataclasses import dataclass
 
+import comfy.model_management
 import torch
 
-from ..attention.controller import RUN_KEY
+from ..attention.controller import RUN_KEY, chain_of
+from ..attention.hooks import self_attention_layers
+from ..attention.kv_mix import cache_readers, check_cache
+from ..attention.kv_store import KV_KEY, cache_bytes, staged
 from ..attention.run_state import RunState
 from .branch_cfg import BranchCFG
 from .branch_guidance import apply_branch_guidance
@@ -64,6 +69,7 @@ def edit(model, inversion, branches, negative=None, source_mode="replay", start_
                    latent_hw=tuple(inversion.shape[-2:]))
     run.store.update(inversion.store)
     run.store["source_trajectory"] = trajectory
+    kv_feed = KVFeed(model, inversion, run, start_step)
     clone.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
     clone.model_options["sampler_cfg_function"] = cfg
     hooks = latent_hooks_of(model)
@@ -77,20 +83,23 @@ def edit(model, inversion, branches, negative=None, source_mode="replay", start_
             den = h.adjust_denoised(run, x, den, sigma, sigma_next)
         return den
 
-    def loop(model_fn, _, sig):
-        x = torch.cat(starts)
+    def loop(model_fn, latent_in, sig):
+        x = torch.cat(starts).to(latent_in.device)
         for i in range(start_step, inversion.steps):
             run.step = i
+            kv_feed.step(i, x.device)
             for h in hooks:
                 x = h.adjust_latent(run, x, float(sig[i]), model_fn)
             x = stepper.step(model_fn, x, float(sig[i]), float(sig[i + 1]), denoised_hook if hooks else None)
+            following = trajectory[i + 1].to(x)
             if drift_correction:
-                x = x + drift_correction * (trajectory[i + 1] - x[src_rows]).repeat(len(roles), *([1] * (x.ndim - 1)))
+                x = x + drift_correction * (following - x[src_rows]).repeat(len(roles), *([1] * (x.ndim - 1)))
             for h in hooks:
                 x = h.after_step(run, x, i)
             if replay:
-                x[src_rows] = trajectory[i + 1]
+                x[src_rows] = following
             progress.tick()
+        run.store.pop(KV_KEY, None)  # the copy on the model's device; the inversion keeps its own
         return x
 
     latent = clone.model.process_latent_out(torch.cat(starts))
@@ -98,3 +107,29 @@ def edit(model, inversion, branches, negative=None, source_mode="replay", start_
     results = {role: out[i * per_branch:(i + 1) * per_branch] for i, role in enumerate(roles)}
     run.phase = "done"
     return results, run
+
+
+class KVFeed:
+    """Puts the inversion's K/V cache where the edit's KV-mix reads it (run.store[KV_KEY]) on the model's device:
+    the entries of each step as it starts ("cpu": one step's cache at a time on the device), or all of it at the
+    first step ("model", when the device has the memory; else per step, with a warning)."""
+
+    def __init__(self, model, inversion, run, start_step):
+        self.cache, self.run = inversion.store.get(KV_KEY), run
+        self.mode = "whole" if inversion.kv_cache_device == "model" else "step"
+        readers = cache_readers(chain_of(model))
+        if readers:
+            check_cache(readers, self.cache, inversion.steps, self_attention_layers(model), start_step)
+
+    def step(self, i, device):
+        if not self.cache or self.mode == "loaded":
+            return
+        if self.mode == "whole":
+            need, free = cache_bytes(self.cache), comfy.model_management.get_free_memory(device)
+            if need <= free:
+                self.run.store[KV_KEY], self.mode = staged(self.cache, device), "loaded"
+                return
+            logging.warning("Edit Sampler: the K/V cache (%.2f GiB) does not fit in the %.2f GiB free on %s; "
+                            "streaming it one step at a time", need / 2 ** 30, free / 2 ** 30, device)
+            self.mode = "step"
+        self.run.store[KV_KEY] = staged(self.cache, device, i)

@@ -1,13 +1,18 @@
 """Inversion: source latent -> inverted noise, keeping the whole source trajectory (and optional captures)."""
 from dataclasses import dataclass, field
 
+import comfy.model_management
 import comfy.samplers
 import torch
 
 from ..attention.controller import RUN_KEY
+from ..attention.indexing import INDEX_KEY
+from ..attention.token_masks import TOKENS_KEY
 from ..attention.run_state import RunState
 from .guided_loop import StepProgress, is_flow, run_guided
 from .solvers import Stepper
+
+RUN_CACHES = (INDEX_KEY, TOKENS_KEY)  # the run's own per-device caches: not results, keyed by the model's device
 
 
 @dataclass
@@ -16,6 +21,10 @@ class Inversion:
 
     trajectory[i] is the source latent at sigmas[i]; trajectory[0] is the inverted noise, trajectory[-1] the source.
     store holds what capture controllers recorded (attention maps, K/V), keyed by their names.
+    Every tensor lives on ComfyUI's intermediate device (CPU memory unless --gpu-only), so ComfyUI's output cache
+    holds no GPU memory; the edit moves what it needs to the model's device when it uses it.
+    kv_cache_device: "cpu" streams the K/V cache to the model's device one step at a time during the edit,
+    "model" copies it there whole when the edit starts; either copy is freed when the edit ends.
     """
     trajectory: list
     sigmas: torch.Tensor
@@ -27,6 +36,7 @@ class Inversion:
     cfg: float
     store: dict = field(default_factory=dict)
     target_start: torch.Tensor = None  # a different starting latent for the target branch (e.g. Latents-Shift)
+    kv_cache_device: str = "cpu"
 
     @property
     def steps(self):
@@ -96,5 +106,18 @@ def invert(model, latent, positive, negative=None, cfg=1.0, steps=15, scheduler=
 
     run_guided(clone, positive, negative, cfg, latent, sigmas, loop, seed)
     run.phase = "done"
-    return Inversion(trajectory=trajectory, sigmas=sigmas, solver=solver, flow=flow, model_id=id(model.model),
-                     model_name=type(model.model).__name__, positive=positive, cfg=cfg, store=dict(run.store))
+    keep = comfy.model_management.intermediate_device()
+    return Inversion(trajectory=to_device(trajectory, keep), sigmas=sigmas, solver=solver, flow=flow,
+                     model_id=id(model.model), model_name=type(model.model).__name__, positive=positive, cfg=cfg,
+                     store=to_device({k: v for k, v in run.store.items() if k not in RUN_CACHES}, keep))
+
+
+def to_device(value, device):
+    """`value` with every tensor inside (nested dicts, lists, tuples) moved to `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value

@@ -63,7 +63,7 @@ def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, f
                        capture_steps="", after_invert=None, after_edit=None):
     inv = g.add("AttentionEditInvert", model=model, latent=latent, positive=src, steps=steps,
                                   scheduler="simple", solver="auto", cfg=1.0, capture_steps=capture_steps,
-                                  cache_kv=cache_kv, cache_dtype="float16", cache_device="cpu")
+                                  cache_kv=cache_kv, cache_dtype="auto", cache_device="cpu")
     if after_invert is not None:
         inv = after_invert(g, inv)
     extra = {"aux_positive": aux, "aux_cfg": 1.0} if aux is not None else {}

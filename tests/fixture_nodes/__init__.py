@@ -20,21 +20,24 @@ TOKENS = 8
 KINDS = ("sd15", "sd15_v", "sdxl", "flux")
 
 
-def tiny_model(kind, seed=0):
-    """A fresh tiny ModelPatcher of the given kind with explicitly initialised random weights."""
-    if kind == "sd15":
-        return architectures.build_unet(architectures.unet_config(context_dim=CONTEXT_DIM), seed=seed)
-    if kind == "sd15_v":
-        return architectures.build_unet(architectures.unet_config(context_dim=CONTEXT_DIM), prediction="v",
-                                        seed=seed)
+def tiny_config(kind):
+    """The ComfyUI model config of a tiny model of the given kind (weights in float32)."""
+    if kind in ("sd15", "sd15_v"):
+        return architectures.unet_config(context_dim=CONTEXT_DIM)
     if kind == "sdxl":
-        config = architectures.unet_config(context_dim=CONTEXT_DIM, adm_in_channels=CONTEXT_DIM + 6 * 256,
-                                           channel_mult=(1, 2), depth=2, linear=True)
-        return architectures.build_unet(config, seed=seed)
+        return architectures.unet_config(context_dim=CONTEXT_DIM, adm_in_channels=CONTEXT_DIM + 6 * 256,
+                                         channel_mult=(1, 2), depth=2, linear=True)
     if kind == "flux":
-        return architectures.build_flux(architectures.flux_config(context_dim=CONTEXT_DIM, pooled_dim=CONTEXT_DIM),
-                                        seed=seed)
+        return architectures.flux_config(context_dim=CONTEXT_DIM, pooled_dim=CONTEXT_DIM)
     raise ValueError(f"kind must be one of {KINDS}")
+
+
+def tiny_model(kind, seed=0, dtype=torch.float32):
+    """A fresh tiny ModelPatcher of the given kind with explicitly initialised random weights in `dtype`."""
+    config = dict(tiny_config(kind), dtype=dtype)
+    if kind == "flux":
+        return architectures.build_flux(config, seed=seed)
+    return architectures.build_unet(config, prediction="v" if kind == "sd15_v" else "eps", seed=seed)
 
 
 def word_vector(word):
