@@ -15,6 +15,8 @@ def co(pack):
         controller = pack("attention.controller")
         kv_mix = pack("attention.kv_mix")
         injection = pack("attention.source_injection")
+        cpam = pack("attention.cpam")
+        cpam_masks = pack("latent_ops.cpam_masks")
         inversion = pack("latent_ops.inversion")
         edit = pack("latent_ops.edit")
 
@@ -230,17 +232,19 @@ def half_mask(batch=1, size=16):
     return m
 
 
-def edit_run(co, fixtures, kind, controller, split=None, batch=1, cfg=2.0):
+def edit_run(co, fixtures, kind, controllers, split=None, batch=1, cfg=2.0, aux=False):
     model = fixtures.tiny_model(kind)
     pos, tgt, neg = (fixtures.tiny_conditioning(t) for t in ("a red cat", "a blue cat", ""))
     src = torch.randn(batch, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5
     inv = co.inversion.invert(model, src, pos, steps=3)
-    patched = co.hooks.with_controller(model, controller)
+    patched = model
+    for controller in controllers if isinstance(controllers, tuple) else (controllers,):
+        patched = co.hooks.with_controller(patched, controller)
     if split is not None:
         import comfy.patcher_extension
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "test_split", split)
-    out, _ = co.edit.edit(patched, inv, [co.edit.Branch("source", pos, 1.0), co.edit.Branch("target", tgt, cfg)],
-                          negative=neg)
+    branches = [co.edit.Branch("source", pos, 1.0), co.edit.Branch("target", tgt, cfg)]
+    out, _ = co.edit.edit(patched, inv, branches + ([co.edit.Branch("aux", neg, 1.0)] if aux else []), negative=neg)
     return out["target"]
 
 
@@ -263,3 +267,17 @@ def test_source_injection_acts_when_cond_and_uncond_run_separately(co, fixtures)
     joined = edit_run(co, fixtures, "sd15", inject)
     separate = edit_run(co, fixtures, "sd15", inject, SplitPasses())
     torch.testing.assert_close(separate, joined, rtol=1e-5, atol=1e-4)
+
+
+def test_cpam_acts_when_cond_and_uncond_run_separately(co, fixtures):
+    """CPAM preservation (source rows of each pass) and localized extraction (the aux branch's cond rows)."""
+    source = torch.zeros(1, 16, 16)
+    source[:, 4:12, 4:12] = 1.0
+    target = co.cpam_masks.TargetMask("source", source)
+    layers = co.hooks.self_attention_layers(fixtures.tiny_model("sd15"))
+    chain = (co.cpam.SelfAttentionPreservation(source, target, layers, plain_fraction=0.0),
+             co.cpam.LocalizedCrossAttention(target))
+    joined = edit_run(co, fixtures, "sd15", chain, aux=True)
+    separate = edit_run(co, fixtures, "sd15", chain, SplitPasses(), aux=True)
+    torch.testing.assert_close(separate, joined, rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(joined, edit_run(co, fixtures, "sd15", (), aux=True), atol=1e-4)
