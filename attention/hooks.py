@@ -221,7 +221,7 @@ class ReassertHooks:
     def note(self, what):
         if what not in self.warned:
             self.warned.add(what)
-            log.warning("Attention Edit: %s; the pack's hook now wraps it, so both apply.", what)
+            log.info("Attention Edit: %s; the pack's hook now wraps it, so both apply.", what)
 
     def dit(self, options):
         current = options.get("optimized_attention_override")
