@@ -126,8 +126,9 @@ class UNetAttnHook:
         def compute(c):
             if not c.changed:
                 return _split_heads(self.plain(q, k, v, options), heads)
-            if self.fallback is not None:  # the other node's attention, on the K/V the technique chose
-                return _split_heads(self.fallback(q, _merge_heads(c.k), _merge_heads(c.v), options), heads)
+            if self.fallback is not None or "optimized_attention_override" in options:
+                # another node's attention or kernel, on the K/V the technique chose
+                return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options), heads)
             return c.attend()
         return _merge_heads(run_chain(chain, call, compute))
 

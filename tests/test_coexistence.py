@@ -124,6 +124,7 @@ OTHERS = {
     "IP-Adapter SD1.5 (block-level key)": ("sd15", lambda m: ip_adapter_style(m, True)),
     "IP-Adapter SDXL (3-tuple key, .add)": ("sdxl", lambda m: ip_adapter_style(m, False)),
     "Flux attention override": ("flux", attention_override),
+    "U-Net attention override": ("sd15", attention_override),
 }
 
 
