@@ -192,17 +192,30 @@ def _call_options(args, kwargs, index):
     return options
 
 
-class ReassertHooks:
+class _Wrapper:
+    """A wrapper object shared by every clone of a MODEL, that logs each message once."""
+
+    def __init__(self):
+        self.told = set()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def tell(self, level, message):
+        if message not in self.told:
+            self.told.add(message)
+            log.log(level, "Attention Edit: %s", message)
+
+
+class ReassertHooks(_Wrapper):
     """DIFFUSION_MODEL wrapper of a hooked MODEL: puts the pack's hooks back in front of whatever another node
     (applied after the pack, or at run time from a post-CFG function) wrote over them, keeping that node's patch
     as the plain attention under the pack's hook; on Flux also records the text length and token grid.
     Works on the per-call transformer_options only; the MODEL's own options are never touched."""
 
     def __init__(self, block_keys=()):
-        self.block_keys, self.warned = tuple(block_keys), set()
-
-    def __deepcopy__(self, memo):
-        return self
+        super().__init__()
+        self.block_keys = tuple(block_keys)
 
     def __call__(self, executor, x, timestep, context, *args, **kwargs):
         dm = executor.class_obj
@@ -220,9 +233,7 @@ class ReassertHooks:
         return executor(x, timestep, context, *args, **kwargs)
 
     def note(self, what):
-        if what not in self.warned:
-            self.warned.add(what)
-            log.info("Attention Edit: %s; the pack's hook now wraps it, so both apply.", what)
+        self.tell(logging.INFO, f"{what}; the pack's hook now wraps it, so both apply")
 
     def dit(self, options):
         current = options.get("optimized_attention_override")
@@ -257,16 +268,10 @@ class ReassertHooks:
             options["patches_replace"] = {**replace, **changed}
 
 
-class RerunSplitPasses:
+class RerunSplitPasses(_Wrapper):
     """CALC_COND_BATCH wrapper: when ComfyUI ran cond and uncond in separate model calls (memory, differing
     ControlNets) and a technique found its partner rows (the source's cond rows) missing in a call that came first,
     that call's passes are run again after the others, now reading the partner K/V the later call kept."""
-
-    def __init__(self):
-        self.warned = False
-
-    def __deepcopy__(self, memo):
-        return self
 
     def __call__(self, executor, model, conds, x_in, timestep, model_options):
         run = model_options.get("transformer_options", {}).get(RUN_KEY)
@@ -280,14 +285,13 @@ class RerunSplitPasses:
         again = [c if i in missing else None for i, c in enumerate(conds)]
         redo = executor(model, again, x_in, timestep, model_options)
         out = [redo[i] if i in missing else o for i, o in enumerate(out)]
-        if run.store.pop(MISSING_KEY, None) and not self.warned:
-            self.warned = True
-            log.warning("Attention Edit: cond and uncond ran in separate model calls and a technique's partner rows "
-                        "(the source branch's cond pass) were not available to the uncond pass; it ran unmixed")
-        elif not self.warned:
-            self.warned = True
-            log.info("Attention Edit: cond and uncond ran in separate model calls; passes that need the source's "
-                     "cond K/V are run again after it (one extra pass per affected step)")
+        if run.store.pop(MISSING_KEY, None):
+            self.tell(logging.WARNING, "cond and uncond ran in separate model calls and a technique's partner rows "
+                                       "(the source branch's cond pass) were not available to the uncond pass; it "
+                                       "ran without them")
+        else:
+            self.tell(logging.INFO, "cond and uncond ran in separate model calls; passes that need the source's "
+                                    "cond K/V are run again after it (one extra pass per affected step)")
         return out
 
 

@@ -282,3 +282,22 @@ def test_cpam_acts_when_cond_and_uncond_run_separately(co, fixtures):
     separate = edit_run(co, fixtures, "sd15", chain, SplitPasses(), aux=True)
     torch.testing.assert_close(separate, joined, rtol=1e-5, atol=1e-4)
     assert not torch.allclose(joined, edit_run(co, fixtures, "sd15", (), aux=True), atol=1e-4)
+
+
+def test_split_outside_the_pack_warns_once_instead_of_failing(co, fixtures, caplog):
+    """A node that splits the passes itself, outside the pack's wrapper: the uncond pass cannot read this
+    evaluation's source K/V; the edit runs, and the log says so once."""
+    import logging
+    import comfy.patcher_extension
+    model = fixtures.tiny_model("sd15")
+    pos, tgt, neg = (fixtures.tiny_conditioning(t) for t in ("a red cat", "a blue cat", ""))
+    inv = co.inversion.invert(model, torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), pos,
+                              steps=3)
+    outer = model.clone()
+    outer.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "test_split", SplitPasses())
+    patched = co.hooks.with_controller(outer, co.kv_mix.KVMix(half_mask(), 0.5, 2))
+    with caplog.at_level(logging.WARNING):
+        out, _ = co.edit.edit(patched, inv, [co.edit.Branch("source", pos, 1.0), co.edit.Branch("target", tgt, 2.0)],
+                              negative=neg)
+    assert torch.isfinite(out["target"]).all()
+    assert len([r for r in caplog.records if "partner rows" in r.getMessage()]) == 1
