@@ -11,6 +11,7 @@ honoured. A DIFFUSION_MODEL wrapper re-asserts the hooks at run time: a patch a 
 such as SAG's) wrote over a pack hook's key is wrapped as that hook's fallback, and on Flux a later node's
 optimized_attention_override becomes the kernel under the pack's override, so both apply.
 """
+import contextvars
 import copy
 import logging
 
@@ -31,6 +32,17 @@ WRAPPER_KEY = "edit_pack"
 ATTN_NAMES = {"self": "attn1", "cross": "attn2"}
 
 log = logging.getLogger(__name__)
+# Set while another node's patch or override runs under a pack hook: if that patch chains to the one it replaced
+# (the pack's own hook), the pack's hook then acts as plain attention, so a technique never runs twice or recurses.
+_IN_FOREIGN = contextvars.ContextVar("edit_pack_in_foreign_attention", default=False)
+
+
+def _foreign(fn, *args, **kwargs):
+    token = _IN_FOREIGN.set(True)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _IN_FOREIGN.reset(token)
 
 
 class UnsupportedModelError(ValueError):
@@ -92,7 +104,7 @@ class UNetAttnHook:
 
     def plain(self, q, k, v, options):
         if self.fallback is not None:
-            return self.fallback(q, k, v, options)
+            return _foreign(self.fallback, q, k, v, options)
         return comfy_attention.optimized_attention(q, k, v, options["n_heads"],
                                                    attn_precision=options.get("attn_precision"),
                                                    transformer_options=options)
@@ -110,7 +122,7 @@ class UNetAttnHook:
 
     def attend(self, q, k, v, options):
         chain = options.get(CHAIN_KEY)
-        if not chain:
+        if not chain or _IN_FOREIGN.get():
             return self.plain(q, k, v, options)
         heads = options["n_heads"]
         block = options.get("block", ("?", 0))
@@ -156,12 +168,16 @@ def self_attention_layers(model):
 
 def dit_attention_override(func, *args, **kwargs):
     """optimized_attention_override for Flux: joint attention (text tokens first) through the chain."""
+    if _IN_FOREIGN.get():  # called back by another node's override that chains to this one: the plain kernel
+        return func(*args, **kwargs)
     options = kwargs.get("transformer_options") or {}
     prev = options.get(PREV_OVERRIDE_KEY)
 
     def plain(*qkv):
         qkv = qkv or args[:3]
-        return prev(func, *qkv, *args[3:], **kwargs) if prev is not None else func(*qkv, *args[3:], **kwargs)
+        if prev is None:
+            return func(*qkv, *args[3:], **kwargs)
+        return _foreign(prev, func, *qkv, *args[3:], **kwargs)
     chain = options.get(CHAIN_KEY)
     geometry = options.get(DIT_INFO_KEY)
     if not chain or geometry is None or not kwargs.get("skip_reshape", False):

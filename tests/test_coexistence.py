@@ -79,13 +79,10 @@ def image_prompt_attention(out, q, k, v, extra_options, weight=1.0, seed=0, **kw
     return optimized_attention(q, tokens, tokens, extra_options["n_heads"]) * weight
 
 
-def ip_adapter_style(model, block_level, weight=0.7, seed=0):
-    """Applies the patch the way IP-Adapter nodes do: a new patch at a free key, `.add` on the one already there."""
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+def transformer_keys(model, block_level):
+    """Every U-Net transformer block's replace-patch key: (block, number) or (block, number, index)."""
     from comfy.ldm.modules.attention import SpatialTransformer
-    m = model.clone()
-    dm = m.model.diffusion_model
-    assert isinstance(dm, UNetModel)
+    dm = model.model.diffusion_model
     keys = []
     for name, blocks in (("input", dm.input_blocks), ("middle", [dm.middle_block]), ("output", dm.output_blocks)):
         for number, block in enumerate(blocks):
@@ -93,6 +90,13 @@ def ip_adapter_style(model, block_level, weight=0.7, seed=0):
                 if isinstance(layer, SpatialTransformer):
                     keys += [(name, number)] if block_level else \
                         [(name, number, i) for i in range(len(layer.transformer_blocks))]
+    return keys
+
+
+def ip_adapter_style(model, block_level, weight=0.7, seed=0):
+    """Applies the patch the way IP-Adapter nodes do: a new patch at a free key, `.add` on the one already there."""
+    m = model.clone()
+    keys = transformer_keys(m, block_level)
     kwargs = dict(weight=weight, seed=seed, sigma_start=1e9, sigma_end=0.0)
     for key in keys:
         to = m.model_options["transformer_options"].copy()
@@ -117,6 +121,33 @@ def attention_override(model):
     return m
 
 
+def chaining_override(model):
+    """An override node that keeps the override it found (maybe the pack's) and calls it inside its own."""
+    m = model.clone()
+    options = m.model_options["transformer_options"]
+    previous = options.get("optimized_attention_override")
+
+    def chained(func, *args, **kwargs):
+        return (previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)) * 0.9
+    options["optimized_attention_override"] = chained
+    return m
+
+
+def chaining_self_attention(model):
+    """A node that wraps whatever attn1 replace patch it finds at each 3-tuple key (maybe the pack's hook)."""
+    from comfy.ldm.modules.attention import optimized_attention
+    m = model.clone()
+    for key in transformer_keys(m, False):
+        previous = m.model_options["transformer_options"].get("patches_replace", {}).get("attn1", {}).get(key)
+
+        def damped(q, k, v, extra_options, previous=previous):
+            out = previous(q, k, v, extra_options) if previous is not None else \
+                optimized_attention(q, k, v, extra_options["n_heads"])
+            return out * 0.9
+        m.set_model_attn1_replace(damped, *key)
+    return m
+
+
 OTHERS = {
     "PerturbedAttentionGuidance": ("sd15", pag),
     "SelfAttentionGuidance": ("sd15", sag),
@@ -125,6 +156,8 @@ OTHERS = {
     "IP-Adapter SDXL (3-tuple key, .add)": ("sdxl", lambda m: ip_adapter_style(m, False)),
     "Flux attention override": ("flux", attention_override),
     "U-Net attention override": ("sd15", attention_override),
+    "Flux override chaining to the one it found": ("flux", chaining_override),
+    "U-Net attn1 patch chaining to the one it found": ("sd15", chaining_self_attention),
 }
 
 
