@@ -52,6 +52,11 @@ class AttnCall:
         return self._sigma
 
     @property
+    def chunks(self):
+        """The cond indices of the passes in this model call (ComfyUI's cond_or_uncond: 0 cond, 1 uncond)."""
+        return list(self._options.get("cond_or_uncond") or [])
+
+    @property
     def heads(self):
         return self.q.shape[1]
 

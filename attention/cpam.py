@@ -3,7 +3,9 @@
 Both act on the target rows of the edit sampler's batch during the "edit" phase (other rows, other phases and runs
 without a RunState pass through). The source K/V come from the source rows of the same call (the edit sampler
 runs source and target in one batch); a target row of the cond (uncond) pass is paired with the source row of the
-same pass and the same image position, falling back to the source cond row.
+same pass and the same image position, falling back to the source cond row. Both pair rows within one pass
+(the extraction's aux rows are in the cond pass), so they act the same when ComfyUI runs cond and uncond in
+separate model calls.
 
 Preservation (self / joint attention), for each target query (M_s, M_t resized to the layer's token grid):
   SC_bg = Att(Q, K_src, V_src) over the source background keys (M_s < 0.5),

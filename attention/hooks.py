@@ -2,8 +2,19 @@
 
 Only ComfyUI's public patch points are used: attn1/attn2 replace patches on U-Net transformer blocks, and
 transformer_options["optimized_attention_override"] plus a DIFFUSION_MODEL wrapper (text length and token
-grid) on Flux. A patch another node already put on a layer is kept and used for the plain computation.
+grid) on Flux.
+
+Working beside other nodes' patches, in any node order: the pack's U-Net hook calls the replace patch another
+node put on its layer (at the 3-tuple key, kept as `fallback`, or at the block-level key (block, number), looked up
+at call time) for the attention itself, with the K/V a technique chose; an IP-Adapter-style `.add` on the hook is
+honoured. A DIFFUSION_MODEL wrapper re-asserts the hooks at run time: a patch a later node (or a post-CFG function
+such as SAG's) wrote over a pack hook's key is wrapped as that hook's fallback, and on Flux a later node's
+optimized_attention_override becomes the kernel under the pack's override, so both apply.
 """
+import contextvars
+import copy
+import logging
+
 import comfy.ldm.flux.model
 import comfy.patcher_extension
 from comfy.ldm.modules import attention as comfy_attention
@@ -12,11 +23,26 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from .context import AttnCall
 from .controller import CHAIN_KEY, RUN_KEY, chain_of, run_chain
+from .run_state import MISSING_KEY
 
 HOOKED_KEY = "edit_pack_hooked"
 DIT_INFO_KEY = "edit_pack_dit_geometry"
 PREV_OVERRIDE_KEY = "edit_pack_prev_attention_override"
 WRAPPER_KEY = "edit_pack"
+ATTN_NAMES = {"self": "attn1", "cross": "attn2"}
+
+log = logging.getLogger(__name__)
+# Set while another node's patch or override runs under a pack hook: if that patch chains to the one it replaced
+# (the pack's own hook), the pack's hook then acts as plain attention, so a technique never runs twice or recurses.
+_IN_FOREIGN = contextvars.ContextVar("edit_pack_in_foreign_attention", default=False)
+
+
+def _foreign(fn, *args, **kwargs):
+    token = _IN_FOREIGN.set(True)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _IN_FOREIGN.reset(token)
 
 
 class UnsupportedModelError(ValueError):
@@ -52,24 +78,51 @@ def _merge_heads(t):
 
 
 class UNetAttnHook:
-    """attn1 (self) / attn2 (cross) replace patch for one U-Net transformer block."""
+    """attn1 (self) / attn2 (cross) replace patch for one U-Net transformer block.
 
-    def __init__(self, kind, fallback=None):
-        self.kind, self.fallback = kind, fallback
+    fallback: the replace patch another node had on this 3-tuple key (called for the attention itself); without
+    one, a block-level patch (block, number) found in the call's patches_replace is used (the DIFFUSION_MODEL
+    wrapper resolves it per call). added: (callback, kwargs) pairs from IP-Adapter-style `.add` calls; each adds
+    callback(out, q, k, v, extra_options, **kwargs) to the output while sigma_end <= sigma <= sigma_start.
+    """
 
-    def __deepcopy__(self, memo):
-        return self
+    def __init__(self, kind, fallback=None, added=()):
+        self.kind, self.fallback, self.added = kind, fallback, list(added)
+
+    def __deepcopy__(self, memo):  # a fresh hook per MODEL clone, so `.add` on a clone never reaches its input
+        return UNetAttnHook(self.kind, copy.deepcopy(self.fallback, memo), self.added)
+
+    def with_fallback(self, fallback):
+        return UNetAttnHook(self.kind, fallback, self.added)
+
+    def add(self, callback, **kwargs):
+        """IP-Adapter-style extension (ComfyUI_IPAdapter_plus calls `.add` on the patch already at its key)."""
+        if self.fallback is not None and callable(getattr(self.fallback, "add", None)):
+            self.fallback.add(callback, **kwargs)
+        else:
+            self.added.append((callback, kwargs))
 
     def plain(self, q, k, v, options):
         if self.fallback is not None:
-            return self.fallback(q, k, v, options)
+            return _foreign(self.fallback, q, k, v, options)
         return comfy_attention.optimized_attention(q, k, v, options["n_heads"],
                                                    attn_precision=options.get("attn_precision"),
                                                    transformer_options=options)
 
     def __call__(self, q, k, v, options):
+        out = self.attend(q, k, v, options)
+        if not self.added:
+            return out
+        sigmas = options.get("sigmas")
+        sigma = float(sigmas.flatten()[0]) if sigmas is not None else 999999999.9
+        for callback, kwargs in self.added:
+            if kwargs.get("sigma_end", -1e30) <= sigma <= kwargs.get("sigma_start", 1e30):
+                out = out + callback(out, q, k, v, options, **kwargs)
+        return out.to(q.dtype)
+
+    def attend(self, q, k, v, options):
         chain = options.get(CHAIN_KEY)
-        if not chain:
+        if not chain or _IN_FOREIGN.get():
             return self.plain(q, k, v, options)
         heads = options["n_heads"]
         block = options.get("block", ("?", 0))
@@ -85,6 +138,9 @@ class UNetAttnHook:
         def compute(c):
             if not c.changed:
                 return _split_heads(self.plain(q, k, v, options), heads)
+            if self.fallback is not None or "optimized_attention_override" in options:
+                # another node's attention or kernel, on the K/V the technique chose
+                return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options), heads)
             return c.attend()
         return _merge_heads(run_chain(chain, call, compute))
 
@@ -112,11 +168,16 @@ def self_attention_layers(model):
 
 def dit_attention_override(func, *args, **kwargs):
     """optimized_attention_override for Flux: joint attention (text tokens first) through the chain."""
+    if _IN_FOREIGN.get():  # called back by another node's override that chains to this one: the plain kernel
+        return func(*args, **kwargs)
     options = kwargs.get("transformer_options") or {}
     prev = options.get(PREV_OVERRIDE_KEY)
 
-    def plain():
-        return prev(func, *args, **kwargs) if prev is not None else func(*args, **kwargs)
+    def plain(*qkv):
+        qkv = qkv or args[:3]
+        if prev is None:
+            return func(*qkv, *args[3:], **kwargs)
+        return _foreign(prev, func, *qkv, *args[3:], **kwargs)
     chain = options.get(CHAIN_KEY)
     geometry = options.get(DIT_INFO_KEY)
     if not chain or geometry is None or not kwargs.get("skip_reshape", False):
@@ -130,24 +191,124 @@ def dit_attention_override(func, *args, **kwargs):
                     mask=kwargs.get("mask"), block_type=block_type, block_index=index, options=options)
 
     def compute(c):
-        if not c.changed:
-            out = plain()
+        if not c.changed or prev is not None:  # another node's kernel: also on the K/V the technique chose
+            out = plain(c.q, c.k, c.v)
             return out if kwargs.get("skip_output_reshape") else _split_heads(out, heads)
         return c.attend()
     out = run_chain(chain, call, compute)
     return out if kwargs.get("skip_output_reshape") else _merge_heads(out)
 
 
-def record_dit_geometry(executor, x, timestep, context, *args, **kwargs):
-    """DIFFUSION_MODEL wrapper: tell the attention override the text length and the image token grid."""
+def _call_options(args, kwargs, index):
+    """The transformer_options a diffusion model's forward got (keyword, or positional at `index` after x,
+    timestep, context)."""
     options = kwargs.get("transformer_options")
-    if options is None and len(args) >= 5:
-        options = args[4]
-    p = executor.class_obj.patch_size
-    if options is not None:
-        options[DIT_INFO_KEY] = (context.shape[1], (x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p,
-                                 tuple(x.shape[-2:]))
-    return executor(x, timestep, context, *args, **kwargs)
+    if options is None and len(args) > index:
+        options = args[index]
+    return options
+
+
+class _Wrapper:
+    """A wrapper object shared by every clone of a MODEL, that logs each message once."""
+
+    def __init__(self):
+        self.told = set()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def tell(self, level, message):
+        if message not in self.told:
+            self.told.add(message)
+            log.log(level, "Attention Edit: %s", message)
+
+
+class ReassertHooks(_Wrapper):
+    """DIFFUSION_MODEL wrapper of a hooked MODEL: puts the pack's hooks back in front of whatever another node
+    (applied after the pack, or at run time from a post-CFG function) wrote over them, keeping that node's patch
+    as the plain attention under the pack's hook; on Flux also records the text length and token grid.
+    Works on the per-call transformer_options only; the MODEL's own options are never touched."""
+
+    def __init__(self, block_keys=()):
+        super().__init__()
+        self.block_keys = tuple(block_keys)
+
+    def __call__(self, executor, x, timestep, context, *args, **kwargs):
+        dm = executor.class_obj
+        if isinstance(dm, UNetModel):
+            options = _call_options(args, kwargs, 2)
+            if options is not None:
+                self.unet(options)
+        else:
+            options = _call_options(args, kwargs, 4)
+            if options is not None:
+                self.dit(options)
+                p = dm.patch_size
+                options[DIT_INFO_KEY] = (context.shape[1], (x.shape[-2] + p // 2) // p,
+                                         (x.shape[-1] + p // 2) // p, tuple(x.shape[-2:]))
+        return executor(x, timestep, context, *args, **kwargs)
+
+    def note(self, what):
+        self.tell(logging.INFO, f"{what}; the pack's hook now wraps it, so both apply")
+
+    def dit(self, options):
+        current = options.get("optimized_attention_override")
+        if current is not dit_attention_override:
+            if current is not None:
+                self.note("a node applied after the pack set optimized_attention_override")
+            options[PREV_OVERRIDE_KEY] = current
+            options["optimized_attention_override"] = dit_attention_override
+
+    def unet(self, options):
+        replace = options.get("patches_replace") or {}
+        changed = {}
+        for block, number, index in self.block_keys:
+            for kind, attn in ATTN_NAMES.items():
+                patches = changed.get(attn, replace.get(attn) or {})
+                entry = patches.get((block, number, index))
+                if isinstance(entry, UNetAttnHook):
+                    if entry.fallback is not None:
+                        continue
+                    other = patches.get((block, number))  # a block-level patch ComfyUI would have used
+                    if other is None or isinstance(other, UNetAttnHook):
+                        continue
+                    hook = entry.with_fallback(other)
+                else:
+                    if entry is not None:
+                        self.note(f"a node applied after the pack replaced {attn} of layer {block}.{number}.{index}")
+                    hook = UNetAttnHook(kind, entry if entry is not None else patches.get((block, number)))
+                if attn not in changed:
+                    changed[attn] = dict(patches)
+                changed[attn][(block, number, index)] = hook
+        if changed:
+            options["patches_replace"] = {**replace, **changed}
+
+
+class RerunSplitPasses(_Wrapper):
+    """CALC_COND_BATCH wrapper: when ComfyUI ran cond and uncond in separate model calls (memory, differing
+    ControlNets) and a technique found its partner rows (the source's cond rows) missing in a call that came first,
+    that call's passes are run again after the others, now reading the partner K/V the later call kept."""
+
+    def __call__(self, executor, model, conds, x_in, timestep, model_options):
+        run = model_options.get("transformer_options", {}).get(RUN_KEY)
+        if run is None:
+            return executor(model, conds, x_in, timestep, model_options)
+        run.begin_eval()
+        out = executor(model, conds, x_in, timestep, model_options)
+        missing = run.store.pop(MISSING_KEY, None)
+        if not missing:
+            return out
+        again = [c if i in missing else None for i, c in enumerate(conds)]
+        redo = executor(model, again, x_in, timestep, model_options)
+        out = [redo[i] if i in missing else o for i, o in enumerate(out)]
+        if run.store.pop(MISSING_KEY, None):
+            self.tell(logging.WARNING, "cond and uncond ran in separate model calls and a technique's partner rows "
+                                       "(the source branch's cond pass) were not available to the uncond pass; it "
+                                       "ran without them")
+        else:
+            self.tell(logging.INFO, "cond and uncond ran in separate model calls; passes that need the source's "
+                                    "cond K/V are run again after it (one extra pass per affected step)")
+        return out
 
 
 def install_hooks(model):
@@ -158,18 +319,20 @@ def install_hooks(model):
         return family
     if family == "unet":
         replace = options.get("patches_replace", {})
-        for block, number, index in unet_transformer_blocks(model.model.diffusion_model):
+        keys = unet_transformer_blocks(model.model.diffusion_model)
+        for block, number, index in keys:
             for attn, kind, setter in (("attn1", "self", model.set_model_attn1_replace),
                                        ("attn2", "cross", model.set_model_attn2_replace)):
                 existing = replace.get(attn, {}).get((block, number, index))
                 if not isinstance(existing, UNetAttnHook):
                     setter(UNetAttnHook(kind, existing), block, number, index)
     else:
+        keys = ()
         if "optimized_attention_override" in options:
             options[PREV_OVERRIDE_KEY] = options["optimized_attention_override"]
         options["optimized_attention_override"] = dit_attention_override
-        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                   record_dit_geometry)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, ReassertHooks(keys))
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, RerunSplitPasses())
     model.model_options["transformer_options"][HOOKED_KEY] = True  # set_model_attn*_replace swaps the dict
     return family
 

@@ -43,7 +43,8 @@ class KVMix(Controller):
 
     mask: [B or 1, H, W] edit mask at any resolution (resized to each layer's token grid); None only for "style".
     source: "batch" takes K/V from the source branch's conditional rows of the same call (the item with the same
-    index within its branch), "cache" from run.store["kv_cache"][(step, layer)] written by an Invert with cache_kv.
+    index within its branch; when ComfyUI runs cond and uncond in separate calls, the uncond call reads the K/V the
+    cond call of the same evaluation kept, and is re-run after it if it came first), "cache" from run.store["kv_cache"][(step, layer)] written by an Invert with cache_kv.
     layers: None for every self (U-Net) / joint (MMDiT) attention layer, else a collection of layer names.
     """
     kinds = ("self", "joint")
@@ -98,20 +99,30 @@ class KVMix(Controller):
                                  f"same latent batch you edit")
             return k.to(call.k), v.to(call.v)
         rows = call.rows("source", True)
-        if len(rows) != count:
-            raise ValueError(
-                "KV-mix source 'batch' needs the source branch's conditional pass in the same model call as the "
-                "target (the Edit Sampler's source branch; a memory-limited sampler may split cond and uncond). "
-                "Use source 'inversion cache' instead")
-        rows = call.index(rows)
-        return call.k[rows][:, :, call.img], call.v[rows][:, :, call.img]
+        if len(rows) == count:
+            rows = call.index(rows)
+            kv = call.k[rows][:, :, call.img], call.v[rows][:, :, call.img]
+            call.run.keep_partner(call.layer, "source", kv)
+            return kv
+        kept = call.run.partner(call.layer, "source")
+        if kept is not None and kept[0].shape[0] == count:
+            return kept
+        if not rows and "source" in call.run.branches and call.chunks and not call.rows("target", True):
+            call.run.partner_missing(call.chunks)  # cond and uncond in separate calls: re-run after the cond one
+            return None
+        raise ValueError(
+            "KV-mix source 'batch' needs the source branch's conditional pass in the same model call as the "
+            "target (the Edit Sampler's source branch). Use source 'inversion cache' instead")
 
     def before(self, call):
         cond_targets = call.rows("target", True)
         uncond_targets = call.rows("target", False)
         count = max(len(cond_targets), len(uncond_targets))
+        source = self.source_kv(call, count)
+        if source is None:
+            return
+        k_src, v_src = source
         w = self.weights(call, count)
-        k_src, v_src = self.source_kv(call, count)
         k, v = call.k.clone(), call.v.clone()
         img = call.img
         for rows in (cond_targets, uncond_targets):

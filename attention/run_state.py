@@ -1,6 +1,11 @@
 """Per-run state shared by the controllers of one sampling run (never stored on module globals)."""
 import torch
 
+EVAL_KEY = "model_eval"            # count of the sampler's model evaluations (one calc_cond_batch each)
+PARTNER_KEY = "partner_kv"         # (layer, role) -> (eval, K/V) of partner rows kept for a later call
+MISSING_KEY = "partner_missing"    # cond indices of calls that lacked their partner rows, this evaluation
+SPLIT_KEY = "passes_split"         # set once a call lacked partner rows: keep partners from then on
+
 
 class RunState:
     """What a sampling run tells the controllers: branch layout, step, phase, and a scratch store.
@@ -32,6 +37,28 @@ class RunState:
             roles.append(self.branches[(within % width) // self.per_branch] if chunk % width == 0 else "target")
             conds.append(cond_or_uncond[row // chunk] == 0 if cond_or_uncond else True)
         return roles, conds
+
+    def begin_eval(self):
+        """A new model evaluation (all passes of one denoiser call) starts."""
+        self.store[EVAL_KEY] = self.store.get(EVAL_KEY, 0) + 1
+        self.store.pop(MISSING_KEY, None)
+
+    def keep_partner(self, layer, role, kv):
+        """Keep (a copy of) partner rows' K/V of this evaluation for a later call of it; only once passes were seen
+        split, so a batched run keeps nothing."""
+        if self.store.get(SPLIT_KEY):
+            kv = tuple(t.clone() for t in kv)
+            self.store.setdefault(PARTNER_KEY, {})[(layer, role)] = (self.store.get(EVAL_KEY), kv)
+
+    def partner(self, layer, role):
+        """Partner K/V kept by an earlier call of this evaluation, or None."""
+        entry = self.store.get(PARTNER_KEY, {}).get((layer, role))
+        return entry[1] if entry is not None and entry[0] == self.store.get(EVAL_KEY) else None
+
+    def partner_missing(self, chunks):
+        """A call (of these cond indices) needed partner rows that are in another call: re-run it afterwards."""
+        self.store.setdefault(MISSING_KEY, set()).update(chunks)
+        self.store[SPLIT_KEY] = True
 
     def release(self):
         """Drop everything the run kept (caches of K/V, maps)."""

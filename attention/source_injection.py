@@ -5,7 +5,8 @@ and values. mode "value" (RF-Solver-Edit feature sharing): only the values of th
 the target's queries and keys (so its attention map) stay its own. In Flux joint attention the text tokens' K/V
 stay the target's. Acts on the Edit Sampler's target rows, in the chosen layers, for steps in [start, end); a
 target row of the cond (uncond) pass reads the source row of the same pass and image index, falling back to the
-source cond pass when the call has no source uncond rows.
+source cond pass when the call has no source uncond rows. Each pass pairs within itself, so it acts the same when
+ComfyUI runs cond and uncond in separate model calls.
 
 Layers are names in forward order (U-Net self-attention "output.3.0", Flux "double.2" / "single.17"); `select`
 picks them by group and depth fraction; `paper_layers` / `paper_steps` give each paper's recipe on any model and
@@ -126,8 +127,7 @@ class SourceInjection(Controller):
                 raise ValueError(
                     "Source Attention Injection needs the Edit Sampler's source branch in the same model call as the "
                     f"target (found {len(sources)} source and {len(targets)} target rows at layer {call.layer}). Use "
-                    "this MODEL only in the Edit Sampler (not in a KSampler), and keep cond and uncond in one batch "
-                    "(a memory-limited run may split them)")
+                    "this MODEL only in the Edit Sampler (not in a KSampler)")
             out.append((targets, sources))
         return out
 
