@@ -8,11 +8,12 @@ import torch
 from ..attention.controller import RUN_KEY
 from ..attention.indexing import INDEX_KEY
 from ..attention.token_masks import TOKENS_KEY
-from ..attention.run_state import RunState
+from ..attention.run_state import EVAL_KEY, MISSING_KEY, PARTNER_KEY, SPLIT_KEY, RunState
 from .guided_loop import StepProgress, is_flow, run_guided
 from .solvers import Stepper
 
-RUN_CACHES = (INDEX_KEY, TOKENS_KEY)  # the run's own per-device caches: not results, keyed by the model's device
+# the run's own bookkeeping, not results: per-device caches (keyed by the model's device) and split-call state
+RUN_CACHES = (INDEX_KEY, TOKENS_KEY, EVAL_KEY, PARTNER_KEY, MISSING_KEY, SPLIT_KEY)
 
 
 @dataclass
