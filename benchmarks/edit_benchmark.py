@@ -90,6 +90,8 @@ def run(denoisers, method_names, cases, steps, out_path, per_kind=6, builders=No
                 rows.append({"case": case.name, "kind": case.kind,
                              **score(case, to_np(edited_node), to_np(recon_node), scorer)})
             results.setdefault(denoiser, {})[name] = {"cases": rows, "seconds": time.perf_counter() - start}
+            Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_path).write_text(json.dumps(results, indent=1))  # after every method: a crash keeps the rest
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(results, indent=1))

@@ -74,8 +74,9 @@ def _flowedit(patch=None, **overrides):
         g = Graph()
         ctx = _loaders(g, denoiser, case, image_name, steps)
         model = patch(g, ctx) if patch else ctx["model"]
-        aux = {"aux_positive": ctx["neg"], "aux_cfg": 1.0} if overrides.pop("aux", False) else {}
-        settings = dict(FLOWEDIT, n_min=0, n_avg=1, **overrides)
+        options = dict(overrides)  # never mutate the closure's dict: build runs once per case
+        aux = {"aux_positive": ctx["neg"], "aux_cfg": 1.0} if options.pop("aux", False) else {}
+        settings = dict(FLOWEDIT, n_min=0, n_avg=1, **options)
         edit = g.add("AttentionEditFlowEdit", model=model, latent=ctx["latent"], source_positive=ctx["src"],
                      target_positive=ctx["tgt"], steps=steps, scheduler="simple", seed=0, negative=ctx["neg"],
                      **settings, **aux)
