@@ -50,7 +50,9 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
     sampling = model.get_model_object("model_sampling")
     clone = model.clone()
     apply_branch_guidance(clone, branch_guidance(conds), [f"{r} conditioning" for r in roles])
-    run = RunState(branches=roles, per_branch=n, phase="edit", total_steps=steps, latent_hw=tuple(latent.shape[-2:]))
+    # the patches count FlowEdit's own steps: step 0 is the schedule's step T - n_max (KV-Mix's "first 5 steps",
+    # Keep Outside Mask's step range mean the first steps of the edit, as in the Edit Sampler)
+    run = RunState(branches=roles, per_branch=n, phase="edit", total_steps=n_max, latent_hw=tuple(latent.shape[-2:]))
     clone.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
     clone.model_options["sampler_cfg_function"] = cfg
     hooks = latent_hooks_of(model)
@@ -72,10 +74,10 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
         x_src = x[:n]
         tail_noise = noise_like(x_src)  # the plain-sampling phase below n_min keeps one noise draw
         reference = [x_src if k < last_ode else noised(x_src, tail_noise, float(sig[k])) for k in range(steps + 1)]
-        run.store[REFERENCE_KEY] = reference
+        run.store[REFERENCE_KEY] = reference[first:]
         z = x_src.clone()
         for i in range(first, steps):
-            run.step = i
+            run.step = i - first
             s, s_next = float(sig[i]), float(sig[i + 1])
             if i < last_ode:
                 v = torch.zeros_like(z)
@@ -92,7 +94,7 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
                 z = z + (s_next - s) * d[n:2 * n]
             state = torch.cat([reference[i + 1]] + [z] * (len(roles) - 1))
             for h in hooks:
-                state = h.after_step(run, state, i)
+                state = h.after_step(run, state, i - first)
             z = state[n:2 * n]
             progress.tick()
         return torch.cat([x_src] + [z] * (len(roles) - 1))

@@ -81,6 +81,8 @@ def test_every_benchmark_method_builds_a_valid_graph(comfy):
             if not edit_methods.supports(name, denoiser):
                 continue
             prompt, edited, _ = edit_methods.build(name, denoiser, case, edit_benchmark.case_image_name(case), 4)
+            again = edit_methods.build(name, denoiser, case, edit_benchmark.case_image_name(case), 4)[0]
+            assert again == prompt, f"{name}: a second build differs (a builder mutated its settings)"
             valid = comfy._state["loop"].run_until_complete(execution.validate_prompt("x", prompt, None))
             assert valid[0], (name, denoiser, valid[1], valid[3])
             assert edited in prompt

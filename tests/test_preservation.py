@@ -153,13 +153,14 @@ def test_flowedit_identities_and_errors(ops, fixtures, kind):
 
 @pytest.mark.parametrize("kind", ["sd15", "flux"])
 def test_flowedit_takes_attention_patches(ops, fixtures, kind):
-    """KV-Mix reads the source rows of FlowEdit's batch: with delta 0 the target's image K/V are the source's."""
+    """KV-Mix reads the source rows of FlowEdit's batch: with delta 0 the target's image K/V are the source's. Its
+    inject steps count FlowEdit's own steps (the edit starts at step T - n_max = 4 here)."""
     model = fixtures.tiny_model(kind)
     x0 = source_latent(13)
     pos, tgt = fixtures.tiny_conditioning("a red circle"), fixtures.tiny_conditioning("a blue circle")
-    args = dict(steps=5, n_max=4, source_cfg=1.0, target_cfg=1.0)
+    args = dict(steps=8, n_max=4, source_cfg=1.0, target_cfg=1.0)
     plain, _ = ops.flowedit.flow_edit(model, x0, pos, tgt, **args)
-    mixed_model = ops.hooks.with_controller(model, ops.kv_mix.KVMix(None, 0.0, 4, "style", "batch"))
+    mixed_model = ops.hooks.with_controller(model, ops.kv_mix.KVMix(None, 0.0, 2, "style", "batch"))
     mixed, _ = ops.flowedit.flow_edit(mixed_model, x0, pos, tgt, **args)
     assert (mixed["target"] - plain["target"]).abs().mean() > 1e-4
     pass_through = ops.hooks.with_controller(model, ops.kv_mix.KVMix(None, 1.0, 4, "style", "batch"))
