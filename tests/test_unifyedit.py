@@ -169,7 +169,8 @@ def test_memory_is_released_after_each_step(ue, fixtures, sd15):
 
     class Probe(ue.latent_hooks.LatentHook):
         def adjust_latent(self, run, x, sigma, model_fn):
-            seen.append((dict(run.store).keys() - {"source_trajectory"}, x.requires_grad, torch.is_grad_enabled()))
+            kept = dict(run.store).keys() - {"source_trajectory", "model_eval"}  # model_eval: an evaluation count
+            seen.append((kept, x.requires_grad, torch.is_grad_enabled()))
             return x
     def graph_tensors():
         gc.collect()
