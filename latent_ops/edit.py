@@ -5,14 +5,12 @@ from dataclasses import dataclass
 import comfy.model_management
 import torch
 
-from ..attention.controller import RUN_KEY, chain_of
+from ..attention.controller import chain_of
 from ..attention.hooks import self_attention_layers
 from ..attention.kv_mix import cache_readers, check_cache
 from ..attention.kv_store import KV_KEY, cache_bytes, staged
 from ..attention.run_state import RunState
-from .branch_cfg import BranchCFG
-from .branch_guidance import apply_branch_guidance
-from .conditioning import branch_guidance, stack_conditioning
+from .branch_run import prepare_branches
 from .guided_loop import StepProgress, run_guided
 from .latent_hooks import latent_hooks_of
 from .solvers import Stepper
@@ -54,24 +52,14 @@ def edit(model, inversion, branches, negative=None, source_mode="replay", start_
         if tuple(s.shape) != inversion.shape:
             raise ValueError(f"{b.role} start latent has shape {tuple(s.shape)}, the inversion {inversion.shape}")
 
-    # a sampler_cfg_function already on the MODEL (RescaleCFG, ...) is chained per branch, not replaced
-    cfg = BranchCFG([b.cfg for b in branches], per_branch, model.model_options.get("sampler_cfg_function"))
-    if cfg.guider_cfg() != 1.0 and negative is None:
-        raise ValueError("negative: a branch uses guidance other than 1, so a negative CONDITIONING is required")
-    names = [f"{r} conditioning" for r in roles]
-    positive = stack_conditioning([b.positive for b in branches], names, per_branch)
-    negative = stack_conditioning([negative] * len(branches), ["negative"] * len(branches), per_branch) \
-        if negative is not None else None
-
-    clone = model.clone()
-    apply_branch_guidance(clone, branch_guidance([b.positive for b in branches]), names)
     run = RunState(branches=roles, per_branch=per_branch, phase="edit", total_steps=inversion.steps,
                    latent_hw=tuple(inversion.shape[-2:]))
+    # a sampler_cfg_function already on the MODEL (RescaleCFG, ...) is chained per branch, not replaced
+    clone, positive, negative, guider_cfg = prepare_branches(model, run, [b.positive for b in branches],
+                                                             [b.cfg for b in branches], negative)
     run.store.update(inversion.store)
     run.store["source_trajectory"] = trajectory
     kv_feed = KVFeed(model, inversion, run, start_step)
-    clone.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
-    clone.model_options["sampler_cfg_function"] = cfg
     hooks = latent_hooks_of(model)
     replay = source_mode == "replay" and "source" in roles
     src_rows = slice(roles.index("source") * per_branch, (roles.index("source") + 1) * per_branch) if replay else None
@@ -103,7 +91,7 @@ def edit(model, inversion, branches, negative=None, source_mode="replay", start_
         return x
 
     latent = clone.model.process_latent_out(torch.cat(starts))
-    out = run_guided(clone, positive, negative, cfg.guider_cfg(), latent, sigmas, loop, seed)
+    out = run_guided(clone, positive, negative, guider_cfg, latent, sigmas, loop, seed)
     results = {role: out[i * per_branch:(i + 1) * per_branch] for i, role in enumerate(roles)}
     run.phase = "done"
     return results, run

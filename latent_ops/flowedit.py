@@ -10,11 +10,8 @@ ODEs, so the same coupling holds; noise(.) is the model's own noise_scaling).
 """
 import torch
 
-from ..attention.controller import RUN_KEY
 from ..attention.run_state import RunState
-from .branch_cfg import BranchCFG
-from .branch_guidance import apply_branch_guidance
-from .conditioning import branch_guidance, stack_conditioning
+from .branch_run import prepare_branches
 from .guided_loop import StepProgress, run_guided
 from .inversion import schedule
 from .latent_hooks import latent_hooks_of
@@ -40,21 +37,13 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
     roles = ["source", "target"] + (["aux"] if aux_positive is not None else [])
     conds = [source_positive, target_positive] + ([aux_positive] if aux_positive is not None else [])
     n = latent.shape[0]
-    cfg = BranchCFG([source_cfg, target_cfg, aux_cfg][:len(roles)], n, model.model_options.get("sampler_cfg_function"))
-    if cfg.guider_cfg() != 1.0 and negative is None:
-        raise ValueError("negative: a guidance scale is not 1, so connect a negative CONDITIONING")
-    positive = stack_conditioning(conds, [f"{r} conditioning" for r in roles], n)
-    negative = stack_conditioning([negative] * len(roles), ["negative"] * len(roles), n) if negative is not None \
-        else None
     sigmas = schedule(model, steps, scheduler)
     sampling = model.get_model_object("model_sampling")
-    clone = model.clone()
-    apply_branch_guidance(clone, branch_guidance(conds), [f"{r} conditioning" for r in roles])
     # the patches count FlowEdit's own steps: step 0 is the schedule's step T - n_max (KV-Mix's "first 5 steps",
     # Keep Outside Mask's step range mean the first steps of the edit, as in the Edit Sampler)
     run = RunState(branches=roles, per_branch=n, phase="edit", total_steps=n_max, latent_hw=tuple(latent.shape[-2:]))
-    clone.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
-    clone.model_options["sampler_cfg_function"] = cfg
+    clone, positive, negative, guider_cfg = prepare_branches(model, run, conds,
+                                                             [source_cfg, target_cfg, aux_cfg][:len(roles)], negative)
     hooks = latent_hooks_of(model)
     generator = torch.Generator().manual_seed(int(seed))
     first, last_ode = steps - n_max, steps - n_min
@@ -99,6 +88,6 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
             progress.tick()
         return torch.cat([x_src] + [z] * (len(roles) - 1))
 
-    out = run_guided(clone, positive, negative, cfg.guider_cfg(), torch.cat([latent] * len(roles)), sigmas, loop, seed)
+    out = run_guided(clone, positive, negative, guider_cfg, torch.cat([latent] * len(roles)), sigmas, loop, seed)
     run.phase = "done"
     return {role: out[i * n:(i + 1) * n] for i, role in enumerate(roles)}, run

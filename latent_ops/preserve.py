@@ -7,8 +7,9 @@ all-zeros mask returns the source exactly (with steps up to the last).
 """
 import torch.nn.functional as F
 
+from .blend import resize_mask
 from .latent_hooks import LatentHook
-from .masks import as_mask, per_batch, resize
+from .masks import as_mask
 
 REFERENCE_KEY = "source_trajectory"  # run.store: the source latent at every sigma of the schedule
 
@@ -16,7 +17,7 @@ REFERENCE_KEY = "source_trajectory"  # run.store: the source latent at every sig
 def latent_mask(mask, hw, batch, grow=0, feather=0):
     """A ComfyUI MASK -> [batch, 1, h, w] on the latent grid, grown by `grow` cells and box-feathered by
     `feather` cells (only inward from the grown edge: the mask never shrinks below the grown hard mask)."""
-    m = resize(per_batch(as_mask(mask), batch), hw)[:, None]
+    m = resize_mask(mask, hw, batch)
     if grow > 0:
         m = F.max_pool2d(m, 2 * grow + 1, stride=1, padding=grow)
     if feather > 0:
