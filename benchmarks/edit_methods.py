@@ -62,10 +62,10 @@ def _vae_roundtrip(denoiser, case, image_name, steps):
     return _decoded(g, ctx, ctx["latent"])
 
 
-# FlowEdit on the embedded models at 15 steps (chosen by the sweep in docs/preservation.md): without a mask a short
-# window and mild target guidance; with a mask that protects the rest, a longer window.
-FLOWEDIT = dict(n_max=8, source_cfg=1.0, target_cfg=2.0)
-FLOWEDIT_MASKED = dict(n_max=12, source_cfg=1.0, target_cfg=3.0)
+# FlowEdit on the embedded models: the example workflows' settings (without a mask / with a mask protecting the
+# rest), minus their step count (the benchmark sets its own)
+FLOWEDIT, FLOWEDIT_MASKED = ({k: v for k, v in settings.items() if k != "steps"}
+                             for settings in workflows.FLOWEDIT["embedded"])
 
 
 def _flowedit(patch=None, **overrides):
