@@ -274,6 +274,7 @@ FLOWEDIT = {"embedded": (dict(steps=15, n_max=8, source_cfg=1.0, target_cfg=2.0)
             "flux": (dict(steps=28, n_max=24, source_cfg=1.0, target_cfg=1.0),) * 2,
             "unet": (dict(steps=50, n_max=33, source_cfg=3.5, target_cfg=13.5),) * 2}
 FLOWEDIT_FLUX_GUIDANCE = (1.5, 5.5)
+PASTE = dict(grow=2, feather=2)  # Paste Source Outside Mask after the drawn-mask FlowEdit (docs/preservation.md)
 
 
 def flowedit_workflow(backbone, name, drawn_mask):
@@ -299,6 +300,9 @@ def flowedit_workflow(backbone, name, drawn_mask):
     edit = g.add("AttentionEditFlowEdit", model=model, latent=latent, source_positive=src, target_positive=tgt,
                  scheduler="simple", n_min=0, n_avg=1, seed=0, negative=neg, **settings)
     decoded = g.add("VAEDecode", samples=edit[0], vae=vae)
+    # outside the mask, the source's own pixels (no VAE round trip): +2.4 dB with the mask from attention,
+    # 32.6 -> 59.8 dB with a drawn mask on the embedded U-Net (docs/preservation.md)
+    decoded = g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=image, mask=mask, **PASTE)
     g.add("SaveImage", images=decoded[0], filename_prefix=f"attention_edit/{name}_{backbone}")
     return g
 
