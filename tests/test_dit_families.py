@@ -91,3 +91,136 @@ def test_target_with_source_prompt_reconstructs_the_source(fam, fixtures, kind):
     out, _ = fam.edit.edit(net, inv, [fam.edit.Branch("source", pos, 1.0), fam.edit.Branch("target", pos, 1.0)],
                            source_mode="reconstruct")
     torch.testing.assert_close(out["target"], out["source"])
+
+
+# ----- every technique, as ComfyUI graphs -----------------------------------------------------------------------
+
+def half_mask_nodes():
+    """Node "m": a 128 x 128 MASK, 1 on its left half (ComfyUI's own mask nodes)."""
+    return {
+        "m0": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 128, "height": 128}},
+        "m1": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 128}},
+        "m": {"class_type": "MaskComposite", "inputs": {"destination": ["m0", 0], "source": ["m1", 0], "x": 0, "y": 0,
+                                                        "operation": "add"}},
+    }
+
+
+MASK = ["m", 0]
+MODEL_PATCHES = {  # technique -> (node class, its inputs besides the model)
+    "uniform attention": ("AttentionEditUniformAttnPatch", {"branches": "aux", "during_inversion": True}),
+    "kv-mix": ("AttentionEditKVMix", {"delta": 0.5, "inject_steps": 3, "edit_type": "change", "kv_source": "batch",
+                                      "mask": MASK}),
+    "cpam self-attention": ("AttentionEditCPAMSelfAttention", {
+        "source_mask": MASK, "mode": "change", "retain_object": False, "step_threshold": 1, "layer_threshold": 0,
+        "plain_fraction": 0.0, "seed": 0, "target_mask_mode": "source", "mask_after_step": 5, "mask_threshold": 0.3}),
+    "cpam cross-attention": ("AttentionEditCPAMCrossAttention", {
+        "source_mask": MASK, "target_mask_mode": "source", "mask_after_step": 5, "mask_threshold": 0.3}),
+    "source injection key+value": ("AttentionEditSourceInjection", {
+        "mode": "key+value (MasaCtrl)", "start_step": -1, "end_step": -1, "layers": "paper default",
+        "layer_fraction": 0.0}),
+    "source injection value": ("AttentionEditSourceInjection", {
+        "mode": "value (RF-Solver-Edit)", "start_step": -1, "end_step": -1, "layers": "paper default",
+        "layer_fraction": 0.0}),
+    "keep outside mask": ("AttentionEditKeepOutsideMask", {"mask": MASK, "start_step": 0, "end_step": -1, "grow": 0,
+                                                           "feather": 0}),
+}
+
+
+def edit_graph(kind, patch=None, shift=False, steps=3):
+    """Invert (node 6) and the Edit Sampler (node 7: source replay, target, aux = empty prompt), with a technique
+    node "p" on the model and / or Latents-Shift on the inversion."""
+    model, inversion = ["1", 0], ["6", 0]
+    prompt = {**tiny_inputs(kind), **half_mask_nodes(),
+              "6": {"class_type": "AttentionEditInvert", "inputs": {
+                  "model": model, "latent": ["5", 0], "positive": ["2", 0], "steps": steps, "scheduler": "simple",
+                  "solver": "auto", "cfg": 1.0}}}
+    if patch is not None:
+        cls, inputs = MODEL_PATCHES[patch]
+        prompt["p"] = {"class_type": cls, "inputs": {"model": ["1", 0], **inputs}}
+        model = prompt["6"]["inputs"]["model"] = ["p", 0]
+    if shift:
+        prompt["s"] = {"class_type": "AttentionEditLatentsShift", "inputs": {"inversion": inversion, "mask": MASK,
+                                                                            "beta": 0.5, "seed": 0}}
+        inversion = ["s", 0]
+    prompt["7"] = {"class_type": "AttentionEditSampler", "inputs": {
+        "model": model, "inversion": inversion, "target_positive": ["3", 0], "target_cfg": 2.0,
+        "source_mode": "replay", "source_cfg": 1.0, "start_step": 0, "negative": ["4", 0],
+        "aux_positive": ["4", 0], "aux_cfg": 1.0}}
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def plain_edits(comfy):
+    return {}
+
+
+def edited(run, prompt):
+    return run(prompt)["7"][0]["samples"]
+
+
+def plain_edit(run, plain_edits, kind):
+    if kind not in plain_edits:
+        plain_edits[kind] = edited(run, edit_graph(kind))
+    return plain_edits[kind]
+
+
+@pytest.mark.parametrize("technique", list(MODEL_PATCHES) + ["latents shift"])
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_each_technique_acts(run, plain_edits, kind, technique):
+    plain = plain_edit(run, plain_edits, kind)
+    if technique == "latents shift":
+        out = edited(run, edit_graph(kind, shift=True))
+    else:
+        out = edited(run, edit_graph(kind, patch=technique))
+    assert out.shape == plain.shape and out.isfinite().all()
+    assert (out - plain).abs().max() > 1e-4, f"{technique} left the {kind} edit unchanged"
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_flowedit_graph_runs(run, kind):
+    prompt = {**tiny_inputs(kind), "8": {"class_type": "AttentionEditFlowEdit", "inputs": {
+        "model": ["1", 0], "latent": ["5", 0], "source_positive": ["2", 0], "target_positive": ["3", 0], "steps": 4,
+        "scheduler": "simple", "n_max": 3, "n_min": 0, "n_avg": 1, "source_cfg": 1.5, "target_cfg": 3.0,
+        "seed": 0, "negative": ["4", 0]}}}
+    out = run(prompt)["8"][0]["samples"]
+    assert out.shape[-2:] == (16, 16) and out.isfinite().all() and out.abs().sum() > 0
+
+
+@pytest.mark.parametrize("solver", ["euler", "rf_solver", "fireflow"])
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_flow_solvers_round_trip(fam, fixtures, kind, solver):
+    x0, (pos, _) = latent_for(kind, seed=4), conds(fixtures, "a green circle")
+    model = gaussian_model(fixtures.tiny_model(kind), flow=True)
+    errors = []
+    for steps in (4, 24):
+        inv = fam.inversion.invert(model, x0, pos, steps=steps, solver=solver)
+        out, _ = fam.edit.edit(model, inv, [fam.edit.Branch("target", pos, 1.0)])
+        errors.append((out["target"] - x0).abs().mean().item())
+    assert errors[1] < errors[0], errors
+
+
+class FakeClip:
+    """One token per word, no start token: positions match fixtures.tiny_conditioning."""
+
+    def tokenize(self, text, return_word_ids=False):
+        return {"only": [[(hash(w) % 50000, 1.0, i + 1) for i, w in enumerate(text.lower().split())]]}
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_edit_mask_from_attention(pack, fixtures, kind):
+    node = pack("nodes.proedit").EditMaskFromAttention()
+    prompt = "a red cat on grass"
+    latent = {"samples": latent_for(kind, batch=2)}
+    for layers in ("all double blocks", "last double block"):
+        mask, over = node.extract(fixtures.tiny_model(kind), latent, fixtures.tiny_conditioning(prompt), FakeClip(),
+                                  prompt, "cat", 1, torch.rand(2, 128, 128, 3), dit_layers=layers)
+        assert mask.shape == (2, 128, 128) and over.shape == (2, 128, 128, 3)
+        assert set(mask.unique().tolist()) <= {0.0, 1.0} and 0 < mask.mean() < 1
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_unifyedit_is_refused_naming_the_family(pack, fixtures, kind):
+    node = pack("nodes.unifyedit").SAPreserveOptimizer()
+    label = {"sd3": "SD3", "qwen_image": "Qwen-Image", "lumina2": "Lumina 2", "z_image": "Lumina 2"}[kind]
+    with pytest.raises(ValueError, match=rf"SA-Preserve Optimizer \(UnifyEdit\) does not apply to {label}"):
+        node.patch(fixtures.tiny_model(kind), "#1", "balanced", 1, 1, 3, 3, 1, 2.5, 2, "1/2", "1/2", "float32")
