@@ -224,3 +224,55 @@ def test_unifyedit_is_refused_naming_the_family(pack, fixtures, kind):
     label = {"sd3": "SD3", "qwen_image": "Qwen-Image", "lumina2": "Lumina 2", "z_image": "Lumina 2"}[kind]
     with pytest.raises(ValueError, match=rf"SA-Preserve Optimizer \(UnifyEdit\) does not apply to {label}"):
         node.patch(fixtures.tiny_model(kind), "#1", "balanced", 1, 1, 3, 3, 1, 2.5, 2, "1/2", "1/2", "float32")
+
+
+class DampValues:
+    """Another node's optimized_attention_override (written for this test): values scaled by 0.9, calls counted."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, func, q, k, v, *args, **kwargs):
+        self.calls += 1
+        return func(q, k, v * 0.9, *args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class SharpenKeys:
+    kinds = ("joint",)
+
+    def wants(self, call):
+        return call.kind in self.kinds
+
+    def before(self, call):
+        call.set_kv(call.k * 1.5, None)
+
+    def after(self, call, out):
+        return out
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+@pytest.mark.parametrize("order", ["pack first", "other first"])
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_hooks_coexist_with_another_attention_override(fam, fixtures, kind, order):
+    model = fixtures.tiny_model(kind)
+    pos, neg = conds(fixtures)
+    x = latent_for(kind)
+
+    def other(m):
+        m = m.clone()
+        m.model_options["transformer_options"]["optimized_attention_override"] = damp
+        return m
+    damp = DampValues()
+    alone = ksample(other(model), pos, neg, x, steps=2)
+    calls_alone, damp.calls = damp.calls, 0
+    pack_only = ksample(fam.hooks.with_controller(model, SharpenKeys()), pos, neg, x, steps=2)
+    both_model = (other(fam.hooks.with_controller(model, SharpenKeys())) if order == "pack first"
+                  else fam.hooks.with_controller(other(model), SharpenKeys()))
+    both = ksample(both_model, pos, neg, x, steps=2)
+    assert damp.calls == calls_alone > 0  # every attention call (refiners, dual attention too) still reaches it
+    assert not torch.allclose(both, alone, atol=1e-5) and not torch.allclose(both, pack_only, atol=1e-5)
