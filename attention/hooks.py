@@ -50,16 +50,18 @@ class UnsupportedModelError(ValueError):
 
 
 def model_family(model):
-    """'unet' for U-Net models (SD1.x, SD2.x, SDXL), 'dit' for Flux-family MMDiT; otherwise a clear error."""
+    """'unet' for U-Net models (SD1.x, SD2.x, SDXL), 'dit' for Flux-family MMDiT and the joint-attention families
+    of attention/dit_families.py (SD3/SD3.5, Qwen-Image, Lumina 2 / Z-Image); otherwise a clear error."""
+    from .dit_families import family_of
     dm = getattr(getattr(model, "model", None), "diffusion_model", None)
     if isinstance(dm, UNetModel):
         return "unet"
-    if isinstance(dm, comfy.ldm.flux.model.Flux):
+    if isinstance(dm, comfy.ldm.flux.model.Flux) or family_of(dm) is not None:
         return "dit"
     name = type(dm).__name__ if dm is not None else type(model).__name__
     raise UnsupportedModelError(
-        f"model: the edit pack patches U-Net (SD1.x, SD2.x, SDXL) and Flux-family MMDiT models; this MODEL's "
-        f"diffusion model is {name}. Load a supported checkpoint.")
+        f"model: the edit pack patches U-Net (SD1.x, SD2.x, SDXL), Flux-family, SD3/SD3.5, Qwen-Image and Lumina 2 / "
+        f"Z-Image models; this MODEL's diffusion model is {name}. Load a supported checkpoint.")
 
 
 def _roles(options, batch):
@@ -158,10 +160,13 @@ def unet_transformer_blocks(diffusion_model):
 
 
 def self_attention_layers(model):
-    """Names of the model's self-attention (U-Net) or joint-attention (Flux) layers, in forward order."""
+    """Names of the model's self-attention (U-Net) or joint-attention (MMDiT) layers, in forward order."""
+    from .dit_families import family_of
     if model_family(model) == "unet":
         return tuple(f"{b}.{n}.{i}" for b, n, i in unet_transformer_blocks(model.model.diffusion_model))
     dm = model.model.diffusion_model
+    if family_of(dm) is not None:
+        return family_of(dm).joint_layers(dm)
     return tuple(f"double.{i}" for i in range(len(dm.double_blocks))) + \
         tuple(f"single.{i}" for i in range(len(dm.single_blocks)))
 
@@ -251,13 +256,13 @@ class ReassertHooks(_Wrapper):
     def note(self, what):
         self.tell(logging.INFO, f"{what}; the pack's hook now wraps it, so both apply")
 
-    def dit(self, options):
+    def dit(self, options, override=dit_attention_override):
         current = options.get("optimized_attention_override")
-        if current is not dit_attention_override:
+        if current is not override:
             if current is not None:
                 self.note("a node applied after the pack set optimized_attention_override")
             options[PREV_OVERRIDE_KEY] = current
-            options["optimized_attention_override"] = dit_attention_override
+            options["optimized_attention_override"] = override
 
     def unet(self, options):
         replace = options.get("patches_replace") or {}
@@ -317,6 +322,8 @@ def install_hooks(model):
     options = model.model_options.setdefault("transformer_options", {})
     if options.get(HOOKED_KEY):
         return family
+    from . import dit_families
+    wrap = comfy.patcher_extension.WrappersMP
     if family == "unet":
         replace = options.get("patches_replace", {})
         keys = unet_transformer_blocks(model.model.diffusion_model)
@@ -326,13 +333,18 @@ def install_hooks(model):
                 existing = replace.get(attn, {}).get((block, number, index))
                 if not isinstance(existing, UNetAttnHook):
                     setter(UNetAttnHook(kind, existing), block, number, index)
+        wrapper = wrap.DIFFUSION_MODEL, ReassertHooks(keys)
     else:
-        keys = ()
         if "optimized_attention_override" in options:
             options[PREV_OVERRIDE_KEY] = options["optimized_attention_override"]
-        options["optimized_attention_override"] = dit_attention_override
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, ReassertHooks(keys))
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, RerunSplitPasses())
+        if dit_families.family_of(model.model.diffusion_model) is None:  # Flux
+            options["optimized_attention_override"] = dit_attention_override
+            wrapper = wrap.DIFFUSION_MODEL, ReassertHooks()
+        else:  # SD3/SD3.5, Qwen-Image, Lumina 2 / Z-Image (SD3 has no DIFFUSION_MODEL wrapper point)
+            options["optimized_attention_override"] = dit_families.family_attention_override
+            wrapper = wrap.APPLY_MODEL, dit_families.FamilyHooks()
+    model.add_wrapper_with_key(wrapper[0], WRAPPER_KEY, wrapper[1])
+    model.add_wrapper_with_key(wrap.CALC_COND_BATCH, WRAPPER_KEY, RerunSplitPasses())
     model.model_options["transformer_options"][HOOKED_KEY] = True  # set_model_attn*_replace swaps the dict
     return family
 

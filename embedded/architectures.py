@@ -1,6 +1,8 @@
-"""Builders for small ComfyUI models (U-Net eps/v and Flux MMDiT) used by the embedded default and the tests.
+"""Builders for small ComfyUI models (U-Net eps/v, Flux MMDiT; SD3, Qwen-Image and Lumina 2 / Z-Image for the tests)
+used by the embedded default and the tests.
 
-Every model is a stock ComfyUI class (comfy.model_base.BaseModel / SDXL / Flux) wrapped in a stock
+Every model is a stock ComfyUI class (comfy.model_base.BaseModel / SDXL / Flux / SD3 / QwenImage / Lumina2) wrapped
+in a stock
 ModelPatcher, so every ComfyUI node and every patch point treats it exactly like a real checkpoint.
 """
 import torch
@@ -25,6 +27,11 @@ class SmallLatentFormat(comfy.latent_formats.LatentFormat):
 
     def process_out(self, latent):
         return latent / self.scale_factor + self.shift_factor
+
+
+class SmallVideoLatentFormat(SmallLatentFormat):
+    """The same, for models that take [B, C, T, H, W] latents (Qwen-Image: ComfyUI adds the T axis itself)."""
+    latent_dimensions = 3
 
 
 class SmallModelConfig(comfy.supported_models_base.BASE):
@@ -109,6 +116,71 @@ def build_flux(config, state_dict=None, latent_scale=1.0, latent_shift=0.0, shif
     """A ModelPatcher around comfy.model_base.Flux (rectified flow, CONST sampling)."""
     model_config = SmallModelConfig(config, latent_scale, latent_shift, {"shift": shift})
     return _patcher(comfy.model_base.Flux(model_config), state_dict, seed)
+
+
+def sd3_config(context_dim=32, pooled_dim=32, depth=3, dual_attention_layers=(0,), patch_size=2, max_tokens=16):
+    """An SD3-architecture MMDiT config (hidden 64 x depth, depth heads, as SD3 ties them); SD3.5 Medium-style
+    dual attention (an image-only second attention) in `dual_attention_layers`."""
+    return {
+        "in_channels": 4, "out_channels": 4, "patch_size": patch_size, "depth": depth,
+        "adm_in_channels": pooled_dim, "pos_embed_max_size": max_tokens, "num_patches": max_tokens ** 2,
+        "pos_embed_scaling_factor": None, "qk_norm": "rms", "x_block_self_attn_layers": list(dual_attention_layers),
+        "context_embedder_config": {"target": "torch.nn.Linear",
+                                    "params": {"in_features": context_dim, "out_features": 64 * depth}},
+        "dtype": torch.float32,
+    }
+
+
+def qwen_image_config(context_dim=32, layers=2, heads=4, head_dim=16):
+    """A Qwen-Image-architecture config over a 4-channel latent (2x2 patches packed into 16 input channels)."""
+    axes = [head_dim - 2 * (head_dim // 8 * 3), head_dim // 8 * 3, head_dim // 8 * 3]
+    return {
+        "image_model": "qwen_image", "patch_size": 2, "in_channels": 16, "out_channels": 4, "num_layers": layers,
+        "attention_head_dim": head_dim, "num_attention_heads": heads, "joint_attention_dim": context_dim,
+        "axes_dims_rope": axes, "dtype": torch.float32,
+    }
+
+
+def lumina2_config(context_dim=32, dim=64, heads=4, kv_heads=2, layers=2, refiner_layers=1, z_image=False):
+    """A Lumina 2 NextDiT config (grouped K/V heads); z_image: Z-Image's variant (full K/V heads, its modulation,
+    time scale 1000, caption and image tokens padded to a multiple of 32; its modulation needs dim >= 256)."""
+    dim = max(dim, 256) if z_image else dim
+    head_dim = dim // heads
+    axes = [head_dim - 2 * (head_dim // 8 * 3), head_dim // 8 * 3, head_dim // 8 * 3]
+    config = {
+        "image_model": "lumina2", "patch_size": 2, "in_channels": 4, "dim": dim, "n_layers": layers,
+        "n_refiner_layers": refiner_layers, "n_heads": heads, "n_kv_heads": kv_heads, "multiple_of": 16,
+        "ffn_dim_multiplier": 4.0, "qk_norm": True, "cap_feat_dim": context_dim, "axes_dims": axes,
+        "axes_lens": [300, 64, 64], "rope_theta": 10000.0, "dtype": torch.float32,
+    }
+    if z_image:
+        config.update(n_kv_heads=heads, ffn_dim_multiplier=8.0 / 3.0, rope_theta=256.0, z_image_modulation=True,
+                      time_scale=1000.0, pad_tokens_multiple=32)
+    return config
+
+
+# model_base class, latent format, sampling settings (ComfyUI's supported_models) of each joint-attention family
+FAMILY_MODELS = {
+    "sd3": (comfy.model_base.SD3, SmallLatentFormat, {"shift": 3.0}),
+    "qwen_image": (comfy.model_base.QwenImage, SmallVideoLatentFormat, {"multiplier": 1.0, "shift": 1.15}),
+    "lumina2": (comfy.model_base.Lumina2, SmallLatentFormat, {"multiplier": 1.0, "shift": 6.0}),
+    "z_image": (comfy.model_base.Lumina2, SmallLatentFormat, {"multiplier": 1.0, "shift": 3.0}),
+}
+
+
+def build_family(family, config, state_dict=None, seed=0):
+    """A ModelPatcher around ComfyUI's model class of `family` (a key of FAMILY_MODELS), flow sampling."""
+    cls, latent_format, sampling = FAMILY_MODELS[family]
+    model_config = SmallModelConfig(config, sampling_settings=sampling)
+    model_config.latent_format = latent_format()
+    model = cls(model_config)
+    if state_dict is None:  # buffers ComfyUI leaves empty (SD3's positional embedding table)
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for b in model.diffusion_model.buffers():
+                if b.is_floating_point():
+                    b.copy_(0.5 * torch.randn(b.shape, generator=gen))
+    return _patcher(model, state_dict, seed)
 
 
 def sd15_unet_config(dtype=torch.float32):

@@ -1,5 +1,6 @@
 """Invert node: a source LATENT -> inverted noise and an inversion object for the edit sampler."""
 import comfy.model_management
+import comfy.sample
 import comfy.samplers
 
 from ..attention.capture import AttentionCapture
@@ -160,7 +161,7 @@ class Invert:
         if cache_readers(chain_of(model)) and not cache_kv:
             raise ValueError("cache_kv: the MODEL carries a KV-Mix with kv_source 'inversion cache', which reads "
                              "the K/V cache this node builds; turn cache_kv on (or use kv_source 'batch')")
-        samples = latent["samples"]
+        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])  # as KSampler: Qwen-Image 5-d
         kv_steps = set()
         if cache_kv:
             kv_steps, layers = kv_cache_plan(model, capture, capture_steps, cache_layers, steps)

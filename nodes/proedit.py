@@ -1,6 +1,9 @@
 """ProEdit nodes: KV-mix attention patch, Latents-Shift on the inversion, and the edit mask from attention."""
 import dataclasses
 
+import comfy.sample
+
+from ..attention.dit_families import family_name
 from ..attention.hooks import model_family, with_controller
 from ..attention.kv_mix import EDIT_TYPES, KVMix as KVMixController
 from ..latent_ops.masks import as_mask, resize
@@ -127,11 +130,11 @@ class EditMaskFromAttention:
 
     def extract(self, model, latent, positive, clip, source_prompt, word, dilation, image=None,
                 dit_layers=DIT_LAYERS[0]):
-        family = model_family(model)
+        family = family_name(model)
         if not source_prompt.strip():
             raise ValueError("source_prompt: empty; enter the source prompt text that the positive input encodes")
         positions = word_token_positions(clip, source_prompt, word, family)
-        samples = latent["samples"]
+        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         word_map = word_attention_map(model, samples, positive, positions, dit_layers=dit_layers)
         mask = mask_from_map(word_map, dilation)
         size = tuple(image.shape[1:3]) if image is not None else (samples.shape[-2] * 8, samples.shape[-1] * 8)

@@ -78,7 +78,8 @@ def test_image_loaders_save_the_frontends_upload_widget(built):
 MODEL_INPUTS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("UNETLoader", "unet_name"): "diffusion_models",
                 ("DualCLIPLoader", "clip_name1"): "text_encoders", ("DualCLIPLoader", "clip_name2"): "text_encoders",
                 ("CLIPLoader", "clip_name"): "text_encoders", ("VAELoader", "vae_name"): "vae",
-                ("CLIPVisionLoader", "clip_name"): "clip_vision"}
+                ("CLIPVisionLoader", "clip_name"): "clip_vision",
+                **{("TripleCLIPLoader", f"clip_name{i}"): "text_encoders" for i in (1, 2, 3)}}
 
 
 def test_real_checkpoint_api_workflows_validate_given_their_files(comfy, built, tmp_path):

@@ -41,8 +41,42 @@ def embedded_loaders(g, denoiser, case_name):
     return m[0], m[1], m[2], image[0], latent[0], src[0], tgt[0], neg[0]
 
 
+# The joint-attention families, with the file names of ComfyUI's own templates: diffusion model loader, text
+# encoder(s), VAE, and the edit's steps / CFG (the templates' sampling settings; SD3.5 Large and Medium 28-40 steps
+# at CFG 4.5-5.5, Qwen-Image 20 at 2.5, Z-Image Turbo 9 at 1.0, distilled). FlowEdit: the paper's SD3 setting on
+# SD3.5 (T 50, n_max 33, CFG 3.5 / 13.5); on Qwen-Image and Z-Image Turbo not measured (the window scaled to
+# their templates' steps, mild target guidance).
+FAMILIES = {
+    "sd35_large": dict(ckpt="sd3.5_large.safetensors", steps=28, cfg=4.5,
+                       flowedit=dict(steps=50, n_max=33, source_cfg=3.5, target_cfg=13.5)),
+    "sd35_medium": dict(ckpt="sd3.5_medium.safetensors", steps=40, cfg=4.5,
+                        flowedit=dict(steps=50, n_max=33, source_cfg=3.5, target_cfg=13.5)),
+    "qwen_image": dict(unet="qwen_image_fp8_e4m3fn.safetensors", clip="qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                       clip_type="qwen_image", vae="qwen_image_vae.safetensors", steps=20, cfg=2.5,
+                       flowedit=dict(steps=28, n_max=24, source_cfg=1.5, target_cfg=4.0)),
+    "z_image_turbo": dict(unet="z_image_turbo_bf16.safetensors", clip="qwen_3_4b.safetensors", clip_type="lumina2",
+                          vae="ae.safetensors", steps=9, cfg=1.0,
+                          flowedit=dict(steps=9, n_max=7, source_cfg=1.0, target_cfg=1.0)),
+}
+
+
+def family_loaders(g, family):
+    """MODEL, CLIP, VAE of a joint-attention family from its template's files."""
+    spec = FAMILIES[family]
+    if "ckpt" in spec:  # SD3.5: the checkpoint (with its VAE) and the three text encoders
+        ckpt = g.add("CheckpointLoaderSimple", ckpt_name=spec["ckpt"])
+        clip = g.add("TripleCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="clip_g.safetensors",
+                     clip_name3="t5xxl_fp16.safetensors")[0]
+        return ckpt[0], clip, ckpt[2]
+    model = g.add("UNETLoader", unet_name=spec["unet"], weight_dtype="default")[0]
+    clip = g.add("CLIPLoader", clip_name=spec["clip"], type=spec["clip_type"], device="default")[0]
+    return model, clip, g.add("VAELoader", vae_name=spec["vae"])[0]
+
+
 def real_loaders(g, family):
-    if family == "flux":
+    if family in FAMILIES:
+        model, clip, vae = family_loaders(g, family)
+    elif family == "flux":
         model = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="default")[0]
         clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors",
                      type="flux")[0]
@@ -90,6 +124,8 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
         steps, cfg = (15, 1.0) if backbone == "flux" else (50, 7.5)  # FLUX.1-dev: guidance-distilled, no CFG
+        if backbone in FAMILIES:
+            steps, cfg = FAMILIES[backbone]["steps"], FAMILIES[backbone]["cfg"]
         if backbone == "flux":
             src, tgt, neg = flux_guidance(g, src, tgt, neg)
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
@@ -287,7 +323,8 @@ def flowedit_workflow(backbone, name, drawn_mask):
         settings = FLOWEDIT["embedded"][drawn_mask]
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
-        settings = FLOWEDIT["flux" if backbone == "flux" else "unet"][drawn_mask]
+        settings = (FAMILIES[backbone]["flowedit"] if backbone in FAMILIES else
+                    FLOWEDIT["flux" if backbone == "flux" else "unet"][drawn_mask])
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
                backbone=backbone, case=case_by_name(DEMO_CASE) if embedded_model else None)
     mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
@@ -318,15 +355,15 @@ def flowedit_masked_edit(backbone):
 
 
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
-             "flux_dev": "flux"}
+             "flux_dev": "flux", **{family: family for family in FAMILIES}}
 TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit,
               "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit,
               "source_injection": source_injection_edit, "flowedit_keep": flowedit_edit,
               "flowedit_keep_mask": flowedit_masked_edit}
-UNET_ONLY = {"unifyedit"}  # ComfyUI's Flux blocks update residuals in place, which blocks latent gradients
+UNET_ONLY = {"unifyedit"}  # refused on MMDiT models (Flux: residuals updated in place block latent gradients)
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
-             if not (t in UNET_ONLY and backbone.endswith("flux"))}
+             if not (t in UNET_ONLY and (backbone.endswith("flux") or backbone in FAMILIES))}
 
 
 def embedded(name):

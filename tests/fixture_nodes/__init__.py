@@ -17,7 +17,13 @@ _spec.loader.exec_module(architectures)
 
 CONTEXT_DIM = 32
 TOKENS = 8
-KINDS = ("sd15", "sd15_v", "sdxl", "flux")
+KINDS = ("sd15", "sd15_v", "sdxl", "flux", "sd3", "qwen_image", "lumina2", "z_image")
+FAMILY_CONFIGS = {  # joint-attention families: ComfyUI's own model classes at a tiny size
+    "sd3": lambda: architectures.sd3_config(context_dim=CONTEXT_DIM, pooled_dim=CONTEXT_DIM),
+    "qwen_image": lambda: architectures.qwen_image_config(context_dim=CONTEXT_DIM),
+    "lumina2": lambda: architectures.lumina2_config(context_dim=CONTEXT_DIM),
+    "z_image": lambda: architectures.lumina2_config(context_dim=CONTEXT_DIM, z_image=True),
+}
 
 
 def tiny_config(kind):
@@ -29,6 +35,8 @@ def tiny_config(kind):
                                          channel_mult=(1, 2), depth=2, linear=True)
     if kind == "flux":
         return architectures.flux_config(context_dim=CONTEXT_DIM, pooled_dim=CONTEXT_DIM)
+    if kind in FAMILY_CONFIGS:
+        return FAMILY_CONFIGS[kind]()
     raise ValueError(f"kind must be one of {KINDS}")
 
 
@@ -37,6 +45,8 @@ def tiny_model(kind, seed=0, dtype=torch.float32):
     config = dict(tiny_config(kind), dtype=dtype)
     if kind == "flux":
         return architectures.build_flux(config, seed=seed)
+    if kind in FAMILY_CONFIGS:
+        return architectures.build_family(kind, config, seed=seed)
     return architectures.build_unet(config, prediction="v" if kind == "sd15_v" else "eps", seed=seed)
 
 
