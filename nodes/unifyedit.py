@@ -3,7 +3,7 @@ preservation loss and a cross-attention alignment loss, balanced by an adaptive 
 import torch
 
 from ..attention.attention_record import SCALES, AttentionRecord
-from ..attention.hooks import model_family, with_controller
+from ..attention.hooks import family_name, model_family, with_controller
 from ..latent_ops.latent_hooks import with_latent_hook
 from ..latent_ops.unifyedit import MODES, UnifyEditConfig, UnifyEditHook, grad_ready
 from .inputs import ModelPatchNode
@@ -107,8 +107,9 @@ class SAPreserveOptimizer(ModelPatchNode):
               sa_layers, ca_layers, attention_precision, mask=None, clip=None, target_prompt="", sap_region="full",
               layer_names=""):
         if model_family(model) == "dit":
-            raise ValueError("model: SAPreserveOptimizer needs gradients through the model, and ComfyUI's Flux blocks "
-                             "update their activations in place (img += ...), which autograd cannot differentiate; "
+            raise ValueError(f"model: SAPreserveOptimizer (UnifyEdit) is refused on {family_name(model)}: it needs "
+                             "gradients through the model, and ComfyUI's Flux blocks update their activations in "
+                             "place (img += ...), which autograd cannot differentiate; "
                              "use an SD1.x / SD2.x / SDXL U-Net model (for Flux use the KV-mix / ProEdit nodes)")
         tokens = parse_edit_tokens(edit_tokens, clip, target_prompt)
         if mask is not None:

@@ -251,13 +251,6 @@ def test_word_attention_controller_on_a_joint_call(pe):
     torch.testing.assert_close(m[0], probs, rtol=1e-5, atol=1e-6)
 
 
-class FakeClip:
-    """One token per word, no start token: positions match fixtures.tiny_conditioning."""
-
-    def tokenize(self, text, return_word_ids=False):
-        return {"l": [[(hash(w) % 50000, 1.0, i + 1) for i, w in enumerate(text.lower().split())]]}
-
-
 def test_word_positions_with_the_real_clip_tokenizer(pe, comfy):
     import comfy.sd1_clip
 
@@ -287,14 +280,14 @@ def test_mask_node_on_tiny_models(pe, fixtures, kind):
     latent = {"samples": src_latent(2)}
     image = torch.rand(2, 128, 128, 3)
     node = pe.nodes.EditMaskFromAttention()
-    mask, over = node.extract(model, latent, pos, FakeClip(), prompt, "cat", 1, image)
+    mask, over = node.extract(model, latent, pos, fixtures.WordClip(), prompt, "cat", 1, image)
     assert mask.shape == (2, 128, 128) and over.shape == (2, 128, 128, 3)
     assert set(mask.unique().tolist()) <= {0.0, 1.0} and 0 < mask.mean() < 1
-    mask2, over2 = node.extract(model, latent, pos, FakeClip(), prompt, "cat", 0)
+    mask2, over2 = node.extract(model, latent, pos, fixtures.WordClip(), prompt, "cat", 0)
     assert mask2.shape == (2, 128, 128) and over2.shape == (2, 128, 128, 3)
     assert mask2.sum() <= mask.sum()
     with pytest.raises(ValueError, match=r"word: \['dog'\] not in the source prompt; its words are \['a', 'red'"):
-        node.extract(model, latent, pos, FakeClip(), prompt, "dog", 1)
+        node.extract(model, latent, pos, fixtures.WordClip(), prompt, "dog", 1)
 
 
 # ----- the whole chain as a ComfyUI graph -----------------------------------------------------------------------

@@ -100,6 +100,41 @@ class TinyTestConditioning:
         return (tiny_conditioning(text, kind),)
 
 
+class WordClip:
+    """A CLIP stand-in for word -> token positions only: one token per word, no start token, so positions match
+    tiny_conditioning (whose conditionings it never encodes)."""
+
+    def tokenize(self, text, return_word_ids=False):
+        return {"l": [[(hash(w) % 50000, 1.0, i + 1) for i, w in enumerate(text.lower().split())]]}
+
+
+class TinyTestWordClip:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self):
+        return (WordClip(),)
+
+
+class TinyTestLatent:
+    """A seeded random LATENT [batch, 4, size, size] (a source latent that is not all zeros)."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"size": ("INT", {"default": 16, "min": 1}), "seed": ("INT", {"default": 0, "min": 0}),
+                             "batch_size": ("INT", {"default": 1, "min": 1})}}
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, size, seed, batch_size):
+        gen = torch.Generator().manual_seed(seed)
+        return ({"samples": torch.randn(batch_size, 4, size, size, generator=gen) * 0.5},)
+
+
 class TestSink:
     """Output node that accepts anything, so tests can execute graphs that end in non-output nodes."""
     @classmethod
@@ -119,4 +154,4 @@ class TestSink:
 
 
 NODE_CLASS_MAPPINGS = {"TinyTestModel": TinyTestModel, "TinyTestConditioning": TinyTestConditioning,
-                       "TestSink": TestSink}
+                       "TinyTestWordClip": TinyTestWordClip, "TinyTestLatent": TinyTestLatent, "TestSink": TestSink}
