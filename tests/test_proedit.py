@@ -36,7 +36,7 @@ def half_mask(batch=1, size=16):
 
 def setup(pe, fixtures, kind, batch=1, steps=2, cache_steps=None):
     model = fixtures.tiny_model(kind)
-    pos, tgt, neg = (fixtures.tiny_conditioning(t) for t in ("a red cat", "a blue cat", ""))
+    pos, tgt, neg = (fixtures.tiny_conditioning(t, kind) for t in ("a red cat", "a blue cat", ""))
     inv_model = model
     if cache_steps is not None:
         inv_model = pe.hooks.with_controller(model, pe.kv_store.KVStore(cache_steps, dtype=torch.float32))
@@ -109,7 +109,8 @@ def test_batch_and_inversion_cache_sources_agree(pe, fixtures, kind, cfg):
 
 
 @pytest.mark.parametrize("kind,edit_type", [("sd15", "change"), ("flux", "change"), ("flux", "add"),
-                                            ("flux", "style")])
+                                            ("flux", "style"), ("flux2", "change"), ("flux_kontext", "change"),
+                                            ("chroma", "change")])
 def test_only_masked_tokens_mix(pe, fixtures, kind, edit_type):
     model, inv, pos, tgt, neg = setup(pe, fixtures, kind)
     pre, post = [], []
@@ -138,6 +139,9 @@ def test_only_masked_tokens_mix(pe, fixtures, kind, edit_type):
                 continue
             if txt is not None and kind_ == "joint":
                 assert torch.equal(k1[row, :, txt], k0[row, :, txt])
+                # Kontext's reference tokens follow the image tokens: never mixed
+                assert torch.equal(k1[row, :, img.stop:], k0[row, :, img.stop:])
+                assert torch.equal(v1[row, :, img.stop:], v0[row, :, img.stop:])
             for new, old in ((k1, k0), (v1, v0)):
                 n, t, s = new[row, :, img], old[row, :, img], old[src, :, img]
                 mixed = torch.lerp(s, t, delta)
