@@ -3,7 +3,7 @@ import dataclasses
 
 from ..attention.hooks import model_family, with_controller
 from ..attention.kv_mix import EDIT_TYPES, KVMix as KVMixController
-from ..latent_ops.masks import as_mask, resize
+from ..latent_ops.masks import as_mask, pixels_per_latent, resize
 from ..latent_ops.attention_mask import (DIT_LAYERS, mask_from_map, overlay, word_attention_map,
                                          word_token_positions)
 from ..latent_ops.latents_shift import latents_shift
@@ -92,7 +92,7 @@ class EditMaskFromAttention:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("mask", "overlay")
-    OUTPUT_TOOLTIPS = ("The edit mask at the image size (or 8x the latent size without an image).",
+    OUTPUT_TOOLTIPS = ("The edit mask at the image size (without an image: the latent size x 8, x 16 on FLUX.2).",
                        "The mask over the image (red), or the mask in grey without an image.")
     FUNCTION = "extract"
 
@@ -129,7 +129,8 @@ class EditMaskFromAttention:
         samples = latent["samples"]
         word_map = word_attention_map(model, samples, positive, positions, dit_layers=dit_layers)
         mask = mask_from_map(word_map, dilation)
-        size = tuple(image.shape[1:3]) if image is not None else (samples.shape[-2] * 8, samples.shape[-1] * 8)
+        scale = pixels_per_latent(model)
+        size = tuple(image.shape[1:3]) if image is not None else (samples.shape[-2] * scale, samples.shape[-1] * scale)
         mask = resize(mask, size).cpu()
         return (mask, overlay(mask, image.cpu() if image is not None else None))
 

@@ -6,6 +6,7 @@ or, for Invert / Edit Sampler / FlowEdit / Edit Mask From Attention, a non-trivi
 error naming the family. Add a family by adding a row to FAMILIES (and to the README's table).
 """
 import functools
+import itertools
 import re
 from pathlib import Path
 
@@ -114,8 +115,9 @@ TECHNIQUES = {
 def readme_matrix():
     """{family row: {technique column: cell}} from the README's support-matrix table."""
     text = README.read_text()
-    section = text.split("## Support matrix", 1)[1]
-    rows = [line for line in section.splitlines() if line.startswith("|")]
+    lines = text.split("## Support matrix", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))  # the first table
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
     header = cells[0][1:]
     return {r[0]: dict(zip(header, (re.sub(r"[^a-z]", "", c.lower()) for c in r[1:]))) for r in cells[2:]}
@@ -140,9 +142,10 @@ def _acts(check, kind, out, source):
     if check == "noise":
         noise = out["inv"][1]["samples"]
         return bool(noise.isfinite().all()) and not torch.allclose(noise, source, atol=1e-3)
-    if check == "mask":
+    if check == "mask":  # at image size: latent x 8 (x 16 on FLUX.2, whose latent cell packs 2x2 VAE cells)
         mask = out["out"][0]
-        return mask.shape[-2:] == (128, 128) and 0 < float(mask.mean()) < 1
+        size = 256 if kind == "flux2" else 128
+        return tuple(mask.shape[-2:]) == (size, size) and 0 < float(mask.mean()) < 1
     result = out["out"][0]["samples"]
     if not result.isfinite().all():
         return False
