@@ -1,4 +1,5 @@
-"""Hook adapters: route every U-Net and Flux MMDiT attention call of a MODEL clone through its controller chain.
+"""Hook adapters: route every U-Net and Flux-family MMDiT (FLUX.1, Kontext, FLUX.2, Chroma) attention call of a
+MODEL clone through its controller chain.
 
 Only ComfyUI's public patch points are used: attn1/attn2 replace patches on U-Net transformer blocks, and
 transformer_options["optimized_attention_override"] plus a DIFFUSION_MODEL wrapper (text length and token
@@ -216,7 +217,8 @@ def self_attention_layers(model):
 
 
 def dit_attention_override(func, *args, **kwargs):
-    """optimized_attention_override for Flux: joint attention (text tokens first) through the chain."""
+    """optimized_attention_override for the Flux family: joint attention through the chain. Layout: text tokens,
+    image tokens, then any reference tokens (Kontext / FLUX.2 reference latents), which are not in call.img."""
     if _IN_FOREIGN.get():  # called back by another node's override that chains to this one: the plain kernel
         return func(*args, **kwargs)
     options = kwargs.get("transformer_options") or {}
@@ -292,6 +294,8 @@ class ReassertHooks(_Wrapper):
             options = _call_options(args, kwargs, flux_options_index(dm))
             if options is not None:
                 self.dit(options)
+                # text length as the model sees it: FLUX.2's prompts arrive left-padded to 512 tokens (Flux2.extra_conds);
+                # word positions must be shifted by that padding (per-branch conditioning work)
                 p = dm.patch_size  # the model pads the latent up to whole patches
                 options[DIT_INFO_KEY] = (context.shape[1], -(-x.shape[-2] // p), -(-x.shape[-1] // p),
                                          tuple(x.shape[-2:]))

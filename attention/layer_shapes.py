@@ -30,8 +30,8 @@ def self_attention_shapes(model, latent_hw):
     dm = model.model.diffusion_model
     if model_family(model) == "unet":
         return _unet_shapes(dm, latent_hw)
-    p = dm.patch_size
-    tokens = ((latent_hw[0] + p // 2) // p) * ((latent_hw[1] + p // 2) // p)
+    p = dm.patch_size  # the model pads the latent up to whole patches; reference tokens (Kontext) are not cached
+    tokens = -(-latent_hw[0] // p) * -(-latent_hw[1] // p)
     names = [f"double.{i}" for i in range(len(dm.double_blocks))] + \
         [f"single.{i}" for i in range(len(dm.single_blocks))]
     return {name: (tokens, dm.hidden_size) for name in names}
