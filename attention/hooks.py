@@ -294,8 +294,8 @@ class ReassertHooks(_Wrapper):
             options = _call_options(args, kwargs, flux_options_index(dm))
             if options is not None:
                 self.dit(options)
-                # text length as the model sees it: FLUX.2's prompts arrive left-padded to 512 tokens (Flux2.extra_conds);
-                # word positions must be shifted by that padding (per-branch conditioning work)
+                # the text length as the model sees it: FLUX.2's prompts arrive left-padded to 512 tokens
+                # (Flux2.extra_conds); word positions must be shifted by that padding (per-branch conditioning)
                 p = dm.patch_size  # the model pads the latent up to whole patches
                 options[DIT_INFO_KEY] = (context.shape[1], -(-x.shape[-2] // p), -(-x.shape[-1] // p),
                                          tuple(x.shape[-2:]))
