@@ -225,7 +225,7 @@ def family_attention_override(func, *args, **kwargs):
     return out if kwargs.get("skip_output_reshape") else hooks._merge_heads(out)
 
 
-def family_name(model):
+def family_key(model):
     """'unet', 'flux' or the Family name of a MODEL (after hooks.model_family accepted it)."""
     family = hooks.model_family(model)
     if family == "unet":
@@ -234,13 +234,7 @@ def family_name(model):
     return adapter.name if adapter is not None else "flux"
 
 
-def family_label(model):
-    adapter = family_of(diffusion_model(model))
-    if adapter is not None:
-        return adapter.label
-    return "U-Net (SD1.x / SD2.x / SDXL)" if hooks.model_family(model) == "unet" else "Flux"
-
-
 def refuse(model, technique, reason):
     """A clear error naming the model family and the technique that cannot apply on it."""
-    return hooks.UnsupportedModelError(f"model: {technique} does not apply to {family_label(model)} models: {reason}")
+    return hooks.UnsupportedModelError(
+        f"model: {technique} does not apply to {hooks.family_name(model)} models: {reason}")

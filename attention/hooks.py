@@ -1,4 +1,5 @@
-"""Hook adapters: route every U-Net and Flux MMDiT attention call of a MODEL clone through its controller chain.
+"""Hook adapters: route every U-Net and Flux-family MMDiT (FLUX.1, Kontext, FLUX.2, Chroma) attention call of a
+MODEL clone through its controller chain.
 
 Only ComfyUI's public patch points are used: attn1/attn2 replace patches on U-Net transformer blocks, and
 transformer_options["optimized_attention_override"] plus a DIFFUSION_MODEL wrapper (text length and token
@@ -15,7 +16,9 @@ import contextvars
 import copy
 import logging
 
+import comfy.ldm.chroma.model
 import comfy.ldm.flux.model
+import comfy.model_base
 import comfy.patcher_extension
 from comfy.ldm.modules import attention as comfy_attention
 from comfy.ldm.modules.attention import SpatialTransformer
@@ -49,19 +52,70 @@ class UnsupportedModelError(ValueError):
     pass
 
 
-def model_family(model):
-    """'unet' for U-Net models (SD1.x, SD2.x, SDXL), 'dit' for Flux-family MMDiT and the joint-attention families
-    of attention/dit_families.py (SD3/SD3.5, Qwen-Image, Lumina 2 / Z-Image); otherwise a clear error."""
+# Flux-architecture MMDiT classes the hooks serve (text tokens first, then the image tokens, then any reference
+# tokens: FLUX.1 Kontext / FLUX.2 reference latents), with the position of transformer_options among the positional
+# arguments their forward hands the DIFFUSION_MODEL wrappers after (x, timestep, context).
+FLUX_CLASSES = ((comfy.ldm.chroma.model.Chroma, 2), (comfy.ldm.flux.model.Flux, 4))
+
+# Families ComfyUI 0.3.75 runs that the pack refuses (comfy.model_base class, name, why); docs/model_families.md
+# says what support would take. Checked before the supported classes (Chroma Radiance subclasses Chroma).
+REFUSED_FAMILIES = (
+    (comfy.model_base.ChromaRadiance, "Chroma Radiance",
+     "a pixel-space model: its 'latent' is the image itself, which the pack's masks and latent operations do not "
+     "expect"),
+    (comfy.model_base.HiDream, "HiDream", "its attention (image tokens first, per-block Llama-3 text) has no "
+                                          "adapter yet"),
+    (comfy.model_base.HunyuanImage21, "HunyuanImage 2.1", "its joint attention puts the image tokens first and "
+                                                          "pads the text with a mask; no adapter yet"),
+    (comfy.model_base.WAN21, "Wan", "a video model whose text attention is a separate cross-attention over "
+                                    "frame x height x width tokens; no adapter yet"),
+)
+SUPPORTED = ("SD1.x, SD2.x and SDXL U-Nets, FLUX.1 (and Kontext), FLUX.2, Chroma, SD3 / SD3.5, Qwen-Image and "
+             "Lumina 2 / Z-Image")
+
+
+def family_name(model):
+    """The family a MODEL belongs to, in words, for messages: 'FLUX.2', 'Chroma', 'SD1.x/SD2.x/SDXL U-Net', ..."""
+    base = getattr(model, "model", None)
+    for cls, name in ((comfy.model_base.Flux2, "FLUX.2"), (comfy.model_base.ChromaRadiance, "Chroma Radiance"),
+                      (comfy.model_base.Chroma, "Chroma"), (comfy.model_base.Flux, "FLUX.1")):
+        if isinstance(base, cls):
+            return name
+    for cls, name, _ in REFUSED_FAMILIES:
+        if isinstance(base, cls):
+            return name
+    dm = getattr(base, "diffusion_model", None)
     from .dit_families import family_of
-    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if family_of(dm) is not None:
+        return family_of(dm).label
+    return "SD1.x/SD2.x/SDXL U-Net" if isinstance(dm, UNetModel) else type(dm if dm is not None else model).__name__
+
+
+def model_family(model):
+    """'unet' for U-Net models (SD1.x, SD2.x, SDXL), 'dit' for Flux-family MMDiT (FLUX.1, Kontext, FLUX.2,
+    Chroma) and the joint-attention families of attention/dit_families.py (SD3/SD3.5, Qwen-Image, Lumina 2 /
+    Z-Image); otherwise a clear error naming the family."""
+    from .dit_families import family_of
+    base = getattr(model, "model", None)
+    for cls, name, why in REFUSED_FAMILIES:
+        if isinstance(base, cls):
+            raise UnsupportedModelError(
+                f"model: {name} is not supported by the edit pack ({why}); it supports {SUPPORTED}. "
+                f"See docs/model_families.md.")
+    dm = getattr(base, "diffusion_model", None)
     if isinstance(dm, UNetModel):
         return "unet"
-    if isinstance(dm, comfy.ldm.flux.model.Flux) or family_of(dm) is not None:
+    if isinstance(dm, tuple(cls for cls, _ in FLUX_CLASSES)) or family_of(dm) is not None:
         return "dit"
     name = type(dm).__name__ if dm is not None else type(model).__name__
     raise UnsupportedModelError(
-        f"model: the edit pack patches U-Net (SD1.x, SD2.x, SDXL), Flux-family, SD3/SD3.5, Qwen-Image and Lumina 2 / "
-        f"Z-Image models; this MODEL's diffusion model is {name}. Load a supported checkpoint.")
+        f"model: the edit pack patches {SUPPORTED}; this MODEL's diffusion model is {name}. "
+        f"Load a supported checkpoint.")
+
+
+def flux_options_index(diffusion_model):
+    """Where transformer_options sits among a Flux-family forward's positional arguments after (x, t, context)."""
+    return next(index for cls, index in FLUX_CLASSES if isinstance(diffusion_model, cls))
 
 
 def _roles(options, batch):
@@ -172,7 +226,8 @@ def self_attention_layers(model):
 
 
 def dit_attention_override(func, *args, **kwargs):
-    """optimized_attention_override for Flux: joint attention (text tokens first) through the chain."""
+    """optimized_attention_override for the Flux family: joint attention through the chain. Layout: text tokens,
+    image tokens, then any reference tokens (Kontext / FLUX.2 reference latents), which are not in call.img."""
     if _IN_FOREIGN.get():  # called back by another node's override that chains to this one: the plain kernel
         return func(*args, **kwargs)
     options = kwargs.get("transformer_options") or {}
@@ -245,12 +300,14 @@ class ReassertHooks(_Wrapper):
             if options is not None:
                 self.unet(options)
         else:
-            options = _call_options(args, kwargs, 4)
+            options = _call_options(args, kwargs, flux_options_index(dm))
             if options is not None:
                 self.dit(options)
-                p = dm.patch_size
-                options[DIT_INFO_KEY] = (context.shape[1], (x.shape[-2] + p // 2) // p,
-                                         (x.shape[-1] + p // 2) // p, tuple(x.shape[-2:]))
+                # the text length as the model sees it: FLUX.2's prompts arrive left-padded to 512 tokens
+                # (Flux2.extra_conds); word positions must be shifted by that padding (per-branch conditioning)
+                p = dm.patch_size  # the model pads the latent up to whole patches
+                options[DIT_INFO_KEY] = (context.shape[1], -(-x.shape[-2] // p), -(-x.shape[-1] // p),
+                                         tuple(x.shape[-2:]))
         return executor(x, timestep, context, *args, **kwargs)
 
     def note(self, what):

@@ -33,8 +33,8 @@ def self_attention_shapes(model, latent_hw):
         return _unet_shapes(dm, latent_hw)
     if family_of(dm) is not None:  # SD3/SD3.5, Qwen-Image, Lumina 2 / Z-Image
         return layer_shapes(family_of(dm), dm, latent_hw)
-    p = dm.patch_size
-    tokens = ((latent_hw[0] + p // 2) // p) * ((latent_hw[1] + p // 2) // p)
+    p = dm.patch_size  # the model pads the latent up to whole patches; reference tokens (Kontext) are not cached
+    tokens = -(-latent_hw[0] // p) * -(-latent_hw[1] // p)
     names = [f"double.{i}" for i in range(len(dm.double_blocks))] + \
         [f"single.{i}" for i in range(len(dm.single_blocks))]
     return {name: (tokens, dm.hidden_size) for name in names}

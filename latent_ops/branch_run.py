@@ -2,6 +2,7 @@
 run state, per-branch CFG (chained with the MODEL's own sampler_cfg_function) and per-branch FLUX guidance, and
 the branches' conditionings stacked into one batch."""
 from ..attention.controller import RUN_KEY
+from ..attention.hooks import model_family
 from .branch_cfg import BranchCFG
 from .branch_guidance import apply_branch_guidance
 from .conditioning import branch_guidance, stack_conditioning
@@ -9,6 +10,7 @@ from .conditioning import branch_guidance, stack_conditioning
 
 def prepare_branches(model, run, conds, scales, negative):
     """(clone, positive, negative, guider cfg) for the branches run.branches with these conditionings and scales."""
+    model_family(model)  # a family the pack refuses is refused here too, by name
     names = [f"{r} conditioning" for r in run.branches]
     cfg = BranchCFG(scales, run.per_branch, model.model_options.get("sampler_cfg_function"))
     if cfg.guider_cfg() != 1.0 and negative is None:

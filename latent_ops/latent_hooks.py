@@ -1,6 +1,8 @@
 """Latent hooks: per-step operations on the branch latents that a MODEL carries into the edit sampler
 (blends of predicted clean latents, latent optimisation). Composed in order, like attention controllers."""
 
+from ..attention.hooks import model_family
+
 LATENT_HOOKS_KEY = "edit_pack_latent_hooks"
 
 
@@ -30,6 +32,7 @@ def latent_hooks_of(model):
 
 def with_latent_hook(model, hook):
     """A clone of `model` that also carries `hook`; the input MODEL is left untouched."""
+    model_family(model)  # a family the pack refuses is refused here too, by name
     clone = model.clone()
     clone.model_options[LATENT_HOOKS_KEY] = latent_hooks_of(model) + (hook,)
     return clone

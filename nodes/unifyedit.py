@@ -3,7 +3,7 @@ preservation loss and a cross-attention alignment loss, balanced by an adaptive 
 import torch
 
 from ..attention.attention_record import SCALES, AttentionRecord
-from ..attention.dit_families import family_name, refuse
+from ..attention.dit_families import family_key, refuse
 from ..attention.hooks import model_family, with_controller
 from ..latent_ops.latent_hooks import with_latent_hook
 from ..latent_ops.unifyedit import MODES, UnifyEditConfig, UnifyEditHook, grad_ready
@@ -108,7 +108,7 @@ class SAPreserveOptimizer(ModelPatchNode):
               sa_layers, ca_layers, attention_precision, mask=None, clip=None, target_prompt="", sap_region="full",
               layer_names=""):
         if model_family(model) == "dit":
-            flux = family_name(model) == "flux"
+            flux = family_key(model) == "flux"
             raise refuse(model, "SA-Preserve Optimizer (UnifyEdit)", (
                 "it needs gradients through the model, and ComfyUI's Flux blocks update their activations in place "
                 "(img += ...), which autograd cannot differentiate" if flux else

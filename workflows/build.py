@@ -73,24 +73,52 @@ def family_loaders(g, family):
     return model, clip, g.add("VAELoader", vae_name=spec["vae"])[0]
 
 
+
+# Flux-family checkpoints as ComfyUI's own templates name them (Comfy-Org repackaged files):
+# (diffusion model, text encoder(s), CLIPLoader / DualCLIPLoader type, VAE)
+FLUX_FAMILY_FILES = {
+    "flux": ("flux1-dev.safetensors", ("clip_l.safetensors", "t5xxl_fp16.safetensors"), "flux", "ae.safetensors"),
+    "flux_kontext": ("flux1-dev-kontext_fp8_scaled.safetensors",
+                     ("clip_l.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"), "flux", "ae.safetensors"),
+    "flux2": ("flux2_dev_fp8mixed.safetensors", ("mistral_3_small_flux2_bf16.safetensors",), "flux2",
+              "flux2-vae.safetensors"),
+    "chroma": ("Chroma1-HD.safetensors", ("t5xxl_fp16.safetensors",), "chroma", "ae.safetensors"),
+}
+GUIDANCE_DISTILLED = {"flux", "flux_kontext", "flux2"}  # cfg 1, FluxGuidance per branch
+MMDIT = {"embedded_flux"} | set(FLUX_FAMILY_FILES) | set(FAMILIES)
+
+
+def flux_family_loaders(g, family):
+    unet, encoders, clip_type, vae_name = FLUX_FAMILY_FILES[family]
+    model = g.add("UNETLoader", unet_name=unet, weight_dtype="default")[0]
+    if len(encoders) == 2:
+        clip = g.add("DualCLIPLoader", clip_name1=encoders[0], clip_name2=encoders[1], type=clip_type)[0]
+    else:
+        clip = g.add("CLIPLoader", clip_name=encoders[0], type=clip_type, device="default")[0]
+    return model, clip, g.add("VAELoader", vae_name=vae_name)[0]
+
+
+
 def real_loaders(g, family):
     if family in FAMILIES:
         model, clip, vae = family_loaders(g, family)
-    elif family == "flux":
-        model = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="default")[0]
-        clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors",
-                     type="flux")[0]
-        vae = g.add("VAELoader", vae_name="ae.safetensors")[0]
+    elif family in FLUX_FAMILY_FILES:
+        model, clip, vae = flux_family_loaders(g, family)
     else:
         ckpt = g.add("CheckpointLoaderSimple", ckpt_name={"sd15": "v1-5-pruned-emaonly.safetensors",
                                                           "sdxl": "sd_xl_base_1.0.safetensors"}[family])
         model, clip, vae = ckpt[0], ckpt[1], ckpt[2]
-    image = g.add("LoadImage", image="example.png")
-    latent = g.add("VAEEncode", pixels=image[0], vae=vae)
-    src = g.add("CLIPTextEncode", title="source prompt", text="a photo of a cat sitting on a sofa", clip=clip)
-    tgt = g.add("CLIPTextEncode", title="target prompt", text="a photo of a dog sitting on a sofa", clip=clip)
-    neg = g.add("CLIPTextEncode", title="negative / empty prompt", text="", clip=clip)
-    return model, clip, vae, image[0], latent[0], src[0], tgt[0], neg[0]
+    image = g.add("LoadImage", image="example.png")[0]
+    if family == "flux_kontext":  # Kontext's preferred sizes, as ComfyUI's Kontext template does
+        image = g.add("FluxKontextImageScale", image=image)[0]
+    latent = g.add("VAEEncode", pixels=image, vae=vae)[0]
+    src = g.add("CLIPTextEncode", title="source prompt", text="a photo of a cat sitting on a sofa", clip=clip)[0]
+    tgt = g.add("CLIPTextEncode", title="target prompt", text="a photo of a dog sitting on a sofa", clip=clip)[0]
+    neg = g.add("CLIPTextEncode", title="negative / empty prompt", text="", clip=clip)[0]
+    if family == "flux_kontext":  # the source image as every branch's reference latent (one model call: the same)
+        src, tgt, neg = (g.add("ReferenceLatent", title=f"reference: {what}", conditioning=c, latent=latent)[0]
+                         for c, what in ((src, "source prompt"), (tgt, "target prompt"), (neg, "empty prompt")))
+    return model, clip, vae, image, latent, src, tgt, neg
 
 
 def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, flow, aux=None, cache_kv=False,
@@ -123,10 +151,11 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
         steps, cfg = 20, (4.0 if denoiser == "unet" else 3.0)
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
-        steps, cfg = (15, 1.0) if backbone == "flux" else (50, 7.5)  # FLUX.1-dev: guidance-distilled, no CFG
+        # FLUX.1-dev, Kontext, FLUX.2: guidance-distilled, no CFG; Chroma: CFG as its template (4)
+        steps, cfg = (15, 1.0) if backbone in GUIDANCE_DISTILLED else (26, 4.0) if backbone == "chroma" else (50, 7.5)
         if backbone in FAMILIES:
             steps, cfg = FAMILIES[backbone]["steps"], FAMILIES[backbone]["cfg"]
-        if backbone == "flux":
+        if backbone in GUIDANCE_DISTILLED:
             src, tgt, neg = flux_guidance(g, src, tgt, neg)
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
                backbone=backbone, case=case_by_name(DEMO_CASE) if backbone.startswith("embedded") else None,
@@ -134,7 +163,7 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
     if patch is not None:
         model = patch(g, ctx)
     invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, tgt, neg, f"{name}_{backbone}", steps,
-                       cfg, backbone.endswith("flux"), aux=neg if aux else None, after_invert=ctx.get("after_invert"),
+                       cfg, backbone in MMDIT, aux=neg if aux else None, after_invert=ctx.get("after_invert"),
                        after_edit=ctx.get("after_edit"))
     return g
 
@@ -288,7 +317,7 @@ def region_proedit_edit(backbone):
 def source_injection_patch(g, ctx):
     """The feature-sharing baselines with their papers' layers and steps: MasaCtrl (source K/V) on U-Nets,
     RF-Solver-Edit (source V) on Flux."""
-    mode = "value (RF-Solver-Edit)" if ctx["backbone"].endswith("flux") else "key+value (MasaCtrl)"
+    mode = "value (RF-Solver-Edit)" if ctx["backbone"] in MMDIT else "key+value (MasaCtrl)"
     return g.add("AttentionEditSourceInjection", model=ctx["model"], mode=mode, start_step=-1, end_step=-1,
                  layers="paper default", layer_fraction=0.0)[0]
 
@@ -304,7 +333,8 @@ def cpam_edit(backbone):
 # FlowEdit settings. Embedded models (15 steps): the benchmark's best without a mask (a short window, mild target
 # guidance) and with a mask protecting the rest (a longer window); docs/preservation.md has the sweep.
 # FLUX.1-dev: the paper's (T 28, n_max 24, guidance 1.5 / 5.5 through FluxGuidance per branch, no CFG).
-# SD1.5 / SDXL: the paper's SD3 setting (T 50, n_max 33, CFG 3.5 / 13.5): not measured on these models.
+# FLUX.1 Kontext / FLUX.2 (guidance-distilled): FLUX.1-dev's. SD1.5 / SDXL and Chroma (real CFG): the paper's SD3
+# setting (T 50, n_max 33, CFG 3.5 / 13.5): not measured on these models.
 FLOWEDIT = {"embedded": (dict(steps=15, n_max=8, source_cfg=1.0, target_cfg=2.0),
                          dict(steps=15, n_max=12, source_cfg=1.0, target_cfg=3.0)),
             "flux": (dict(steps=28, n_max=24, source_cfg=1.0, target_cfg=1.0),) * 2,
@@ -324,12 +354,12 @@ def flowedit_workflow(backbone, name, drawn_mask):
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
         settings = (FAMILIES[backbone]["flowedit"] if backbone in FAMILIES else
-                    FLOWEDIT["flux" if backbone == "flux" else "unet"][drawn_mask])
+                    FLOWEDIT["flux" if backbone in GUIDANCE_DISTILLED else "unet"][drawn_mask])
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
                backbone=backbone, case=case_by_name(DEMO_CASE) if embedded_model else None)
     mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
     model = keep_outside(g, model, mask)
-    if backbone == "flux":
+    if backbone in GUIDANCE_DISTILLED:
         guided = lambda cond, what, v: g.add("FluxGuidance", title=f"FLUX guidance: {what}", conditioning=cond,
                                              guidance=v)[0]
         src, tgt = guided(src, "source prompt", FLOWEDIT_FLUX_GUIDANCE[0]), guided(tgt, "target prompt",
@@ -355,7 +385,8 @@ def flowedit_masked_edit(backbone):
 
 
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
-             "flux_dev": "flux", **{family: family for family in FAMILIES}}
+             "flux_dev": "flux", "flux_kontext_dev": "flux_kontext", "flux2_dev": "flux2", "chroma": "chroma",
+             **{family: family for family in FAMILIES}}
 TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit,
               "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit,
               "source_injection": source_injection_edit, "flowedit_keep": flowedit_edit,
@@ -363,7 +394,7 @@ TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cp
 UNET_ONLY = {"unifyedit"}  # refused on MMDiT models (Flux: residuals updated in place block latent gradients)
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
-             if not (t in UNET_ONLY and (backbone.endswith("flux") or backbone in FAMILIES))}
+             if not (t in UNET_ONLY and backbone in MMDIT)}
 
 
 def embedded(name):
