@@ -3,11 +3,9 @@
 z~ = std(R) * (z - mean(z)) / std(z) + mean(R), statistics per image and channel over the masked positions
 (weighted by the mask; std = sqrt(var + eps)); z_hat = lerp(z, z~, beta * M), so positions with M = 0 keep z
 exactly and beta = 0 is the identity.
-
-mode "fresh" (inpainting start, for additions): z~ = seeded noise with z's per-channel statistics over the whole
-image, so the masked region forgets the inverted source there instead of keeping its pattern.
 """
 import torch
+from .blend import broadcast_to_latent
 from .masks import resize
 
 EPS = 1e-5
@@ -25,26 +23,18 @@ def seeded_noise(shape, seed):
     return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
 
 
-MODES = ("adain", "fresh")
-
-
-def latents_shift(z, mask, beta=0.25, seed=0, eps=EPS, mode="adain"):
+def latents_shift(z, mask, beta=0.25, seed=0, eps=EPS):
     """Shift the masked region of z [B, C, H, W] towards seeded noise; mask [B or 1, H', W'] at any size."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not 0.0 <= float(beta) <= 1.0:
         raise ValueError(f"beta must lie in [0, 1], got {beta}")
     if mask.shape[0] not in (1, z.shape[0]):
         raise ValueError(f"mask: it has batch {mask.shape[0]}, the inversion {z.shape[0]}; give one mask or one "
                          f"per image")
     m = resize(mask, z.shape[-2:])[:, None].to(z.device).expand(z.shape[0], 1, *z.shape[-2:])
+    m = broadcast_to_latent(m, z)  # Qwen-Image: [B, C, T, H, W]
     zf = z.float()
     r = seeded_noise(tuple(z.shape), seed).to(zf.device)
     mean_z, std_z = masked_stats(zf, m, eps)
     mean_r, std_r = masked_stats(r, m, eps)
-    if mode == "fresh":
-        mean_all, std_all = masked_stats(zf, torch.ones_like(m), eps)
-        shifted = std_all * (r - mean_r) / std_r + mean_all
-    else:
-        shifted = std_r * (zf - mean_z) / std_z + mean_r
+    shifted = std_r * (zf - mean_z) / std_z + mean_r
     return torch.lerp(zf, shifted, float(beta) * m).to(z.dtype)

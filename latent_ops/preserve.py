@@ -7,7 +7,7 @@ all-zeros mask returns the source exactly (with steps up to the last).
 """
 import torch.nn.functional as F
 
-from .blend import resize_mask
+from .blend import broadcast_to_latent, resize_mask
 from .latent_hooks import LatentHook
 from .masks import as_mask
 
@@ -53,7 +53,7 @@ class PreserveHook(LatentHook):
             if mh * hw[1] != mw * hw[0]:
                 raise ValueError(f"mask: it is {mh}x{mw} but the latent is {hw[0]}x{hw[1]} (an image of another "
                                  f"shape); give a mask of the edited image's size")
-            m = latent_mask(self.mask, hw, per_branch, self.grow, self.feather)
+            m = broadcast_to_latent(latent_mask(self.mask, hw, per_branch, self.grow, self.feather), x)
             self._cache = {key: m.to(device=x.device, dtype=x.dtype)}
         return self._cache[key]
 

@@ -9,7 +9,7 @@ from ..attention.kv_mix import EDIT_TYPES, KVMix as KVMixController
 from ..latent_ops.masks import as_mask, pixels_per_latent, resize
 from ..latent_ops.attention_mask import (DIT_LAYERS, mask_from_map, overlay, word_attention_map,
                                          word_token_positions)
-from ..latent_ops.latents_shift import MODES as LATENTS_SHIFT_MODES, latents_shift
+from ..latent_ops.latents_shift import latents_shift
 from .inputs import CATEGORY, INVERSION, ModelPatchNode
 
 KV_SOURCES = {"batch": "batch", "inversion cache": "cache"}
@@ -79,17 +79,12 @@ class LatentsShift:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "Seed of the "
                                  "reference noise R."}),
             },
-            "optional": {
-                "mode": (list(LATENTS_SHIFT_MODES), {"default": "adain", "tooltip": "adain: ProEdit's shift of the "
-                         "masked statistics (keeps the inverted pattern). fresh: the masked region starts from new "
-                         "noise (an inpainting start: for adding an object where the mask says)."}),
-            },
         }
 
-    def shift(self, inversion, mask, beta, seed, mode="adain"):
+    def shift(self, inversion, mask, beta, seed):
         mask = as_mask(mask)
         base = inversion.target_start if inversion.target_start is not None else inversion.trajectory[0]
-        return (dataclasses.replace(inversion, target_start=latents_shift(base, mask, beta, seed, mode=mode)),)
+        return (dataclasses.replace(inversion, target_start=latents_shift(base, mask, beta, seed)),)
 
 
 class EditMaskFromAttention:

@@ -204,25 +204,6 @@ def test_latents_shift_identity_formula_and_locality(pe):
     assert torch.equal(pe.shift.latents_shift(z, big, beta, 5), out)
 
 
-def test_latents_shift_fresh_mode_forgets_the_source_inside_the_mask(pe):
-    """mode 'fresh': inside the mask, seeded noise at the latent's own per-channel scale (uncorrelated with z);
-    outside, z exactly; a bad mode is refused."""
-    z = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(2)) * 3.0 + 1.0
-    mask = torch.zeros(1, 32, 32)
-    mask[0, 4:28, 4:28] = 1.0
-    out = pe.shift.latents_shift(z, mask, 1.0, 7, mode="fresh")
-    inside = mask.bool()[0]
-    assert torch.equal(out[..., ~inside], z[..., ~inside])
-    new, old = out[..., inside], z[..., inside]
-    corr = torch.corrcoef(torch.stack([new.flatten(), old.flatten()]))[0, 1]
-    assert corr.abs() < 0.1, corr
-    torch.testing.assert_close(new.std(-1), z.flatten(2).std(-1), rtol=0.1, atol=0)
-    torch.testing.assert_close(new.mean(-1), z.flatten(2).mean(-1), rtol=0, atol=0.3)
-    assert torch.equal(pe.shift.latents_shift(z, mask, 1.0, 7, mode="fresh"), out)  # seeded
-    with pytest.raises(ValueError, match="mode must be one of"):
-        pe.shift.latents_shift(z, mask, 1.0, 7, mode="replace")
-
-
 def test_latents_shift_node_sets_only_the_target_start(pe, fixtures):
     model, inv, pos, tgt, neg = setup(pe, fixtures, "flux", steps=2)
     (shifted,) = pe.nodes.LatentsShift().shift(inv, half_mask(1, 128), 0.25, 3)
