@@ -258,30 +258,39 @@ def test_warning_reaches_the_web_ui():
 
 # ----- previews, interruption, devices --------------------------------------------------------------------------
 
-def test_edit_sampler_and_flowedit_show_latent_previews(run, comfy):
+def test_edit_sampler_guider_and_flowedit_show_latent_previews(ops, fixtures, pack):
+    """ComfyUI's own previewer (here Latent2RGB) gets each step's latent, as under KSampler. The embedded latent
+    format has no RGB factors (no Latent2RGB preview, for KSampler too), so the test model gets some."""
+    import comfy.samplers
     import comfy.utils
     from comfy.cli_args import LatentPreviewMethod, args
+    from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, SamplerCustomAdvanced
     seen = []
 
     def hook(value, total, preview, node_id=None, prompt_id=None):
         seen.append((value, total, preview is not None))
-    prompt = edit_graph("sd15")
-    prompt["20"] = {"class_type": "AttentionEditFlowEdit", "inputs": {
-        "model": ["1", 0], "latent": ["5", 0], "source_positive": ["2", 0], "target_positive": ["3", 0],
-        "steps": 4, "scheduler": "simple", "n_max": 3, "n_min": 0, "n_avg": 1, "source_cfg": 1.0,
-        "target_cfg": 1.0, "seed": 0}}
+    model = fixtures.tiny_model("sd15")
+    model.model.latent_format.latent_rgb_factors = [[0.3, 0.2, 0.1]] * 4
+    pos, other = fixtures.tiny_conditioning("a"), fixtures.tiny_conditioning("b")
+    x0 = source_latent()
     previous_method, previous_hook = args.preview_method, comfy.utils.PROGRESS_BAR_HOOK
     args.preview_method = LatentPreviewMethod.Latent2RGB
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        run(prompt)
+        inv = ops.inversion.invert(model, x0, pos, steps=3)
+        branches = [ops.edit.Branch("source", pos, 1.0), ops.edit.Branch("target", other, 1.0)]
+        ops.edit.edit(model, inv, branches)
+        edit_sampler = len([s for s in seen if s[2]])
+        guider = ops.guider.EditGuider(ops.edit.EditRun(model, inv, branches))
+        SamplerCustomAdvanced.execute(Noise_EmptyNoise(), guider, comfy.samplers.sampler_object("euler"),
+                                      guider.schedule(), {"samples": x0})
+        guided = len([s for s in seen if s[2]]) - edit_sampler
+        pack("latent_ops.flowedit").flow_edit(model, x0, pos, other, steps=4, n_max=3, source_cfg=1.0, target_cfg=1.0)
+        flowedit = len([s for s in seen if s[2]]) - edit_sampler - guided
     finally:
         args.preview_method = previous_method
         comfy.utils.set_progress_bar_global_hook(previous_hook)
-    with_preview = [s for s in seen if s[2]]
-    # Edit Sampler 3 steps, SamplerCustomAdvanced 3, FlowEdit 3: every step with a preview
-    assert len(with_preview) >= 9, seen
-    assert (3, 3, True) in seen
+    assert (edit_sampler, guided, flowedit) == (3, 3, 3), seen
 
 
 def test_outputs_on_the_intermediate_device(run):
