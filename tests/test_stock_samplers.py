@@ -79,6 +79,35 @@ def source_latent(seed=0):
     return MU + S * torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
+def test_guider_with_euler_equals_the_edit_sampler_with_latent_hooks(ops, fixtures, pack):
+    """Uniform maps on an aux branch + the adaptive Blend (a denoised hook), and UnifyEdit's optimiser (a latent
+    hook with its own model evaluations): the guider under euler gives the Edit Sampler's target."""
+    import math
+    from types import SimpleNamespace
+
+    from test_unifyedit import optimised
+    hooks, latent_hooks = pack("attention.hooks"), pack("latent_ops.latent_hooks")
+    uniform, blend = pack("attention.uniform"), pack("latent_ops.blend")
+    base = fixtures.tiny_model("sd15")
+    pos, other, empty = (fixtures.tiny_conditioning(t) for t in ("a black bird", "a white bird", ""))
+    uam = latent_hooks.with_latent_hook(
+        hooks.with_controller(base, uniform.UniformAttention("aux")),
+        blend.BlendHook("adaptive", "target", "aux", quantile=0.5, threshold_scale=2.0, gate=math.inf))
+
+    modules = SimpleNamespace(record=pack("attention.attention_record"), hooks=hooks, latent_hooks=latent_hooks,
+                              ops=pack("latent_ops.unifyedit"))
+    unify = optimised(modules, base, iterations=1, active_steps=2)
+    for model, aux in ((uam, [ops.edit.Branch("aux", empty, 1.0)]), (unify, [])):
+        with torch.inference_mode():
+            inv = ops.inversion.invert(model, source_latent(2), pos, steps=3)
+            branches = [ops.edit.Branch("source", pos, 1.0), ops.edit.Branch("target", other, 1.0)] + aux
+            expected, _ = ops.edit.edit(model, inv, branches)
+            plain, _ = ops.edit.edit(base, ops.inversion.invert(base, source_latent(2), pos, steps=3), branches)
+            guided = guided_edit(ops, model, inv, branches, "euler")
+        torch.testing.assert_close(guided, expected["target"], rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(guided, plain["target"], atol=1e-3)  # the technique acted
+
+
 def guided_edit(ops, model, inv, branches, sampler_name, **kwargs):
     """What SamplerCustomAdvanced does with the Edit Guider: returns the target latent."""
     import comfy.samplers
