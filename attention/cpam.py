@@ -158,6 +158,7 @@ class SelfAttentionPreservation(_CPAMController):
     source_mask: [B, H, W] object mask M_s; target: a TargetMask giving M_t; layers: self_attention_layers(model);
     mode "change" or "remove"; retain_object, step_threshold T, layer_threshold L; plain_fraction, seed.
     """
+    technique = "CPAM Self-Attention Preservation"
     kinds = ("self", "joint")
 
     def __init__(self, source_mask, target, layers, mode="change", retain_object=False, step_threshold=3,
@@ -209,6 +210,7 @@ class SelfAttentionPreservation(_CPAMController):
 class LocalizedCrossAttention(_CPAMController):
     """CPAM localized extraction: target image queries inside M_t attend to the target prompt, outside to the
     empty prompt (the aux rows' text K/V). target: a TargetMask."""
+    technique = "CPAM Localized Cross-Attention"
     kinds = ("cross", "joint")
 
     def __init__(self, target):

@@ -26,6 +26,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from .context import AttnCall
 from .controller import CHAIN_KEY, RUN_KEY, chain_of, run_chain
+from .run_check import add_run_check
 from .run_state import MISSING_KEY
 
 HOOKED_KEY = "edit_pack_hooked"
@@ -411,4 +412,5 @@ def with_controller(model, controller):
     clone = model.clone()
     install_hooks(clone)
     clone.model_options["transformer_options"][CHAIN_KEY] = chain_of(model) + (controller,)
+    add_run_check(clone)
     return clone

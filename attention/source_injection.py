@@ -91,6 +91,7 @@ class SourceInjection(Controller):
 
     start / end None: the paper's range for the mode, scaled to the Edit Sampler's step count (paper_steps).
     """
+    technique = "Source Attention Injection"
     kinds = ("self", "joint")
 
     def __init__(self, mode, layers, start=None, end=None):

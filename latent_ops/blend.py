@@ -103,6 +103,8 @@ class BlendHook(LatentHook):
     estimate as the new denoised value.
     """
 
+    technique = "Blend"
+
     def __init__(self, mode="adaptive", into="target", fill="aux", quantile=0.5, threshold_scale=1.0, radius=1,
                  gate=math.inf, flow=False, mask=None, keep_noise=True, key=MASKS_KEY):
         if mode not in MODES:

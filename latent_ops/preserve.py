@@ -29,6 +29,7 @@ def latent_mask(mask, hw, batch, grow=0, feather=0):
 class PreserveHook(LatentHook):
     """Latent hook: blends every non-source branch towards run.store[REFERENCE_KEY][step + 1] outside the mask,
     after the steps start_step <= step <= end_step (end_step -1: the last step)."""
+    technique = "Keep Outside Mask"
 
     def __init__(self, mask, start_step=0, end_step=-1, grow=0, feather=0):
         as_mask(mask)

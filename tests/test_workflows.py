@@ -181,10 +181,10 @@ def test_flux_dev_workflows_invert_at_guidance_1_and_edit_at_2_without_cfg(built
     conditioning, 2 on the target's (ProEdit, RF-Solver-Edit), cfg 1."""
     flux = {name: api for name, (api, _) in built.items()
             if name.endswith(GUIDANCE_DISTILLED) and "flowedit" not in name}
-    assert len(flux) == 18
+    assert len(flux) == 21
     for name, api in flux.items():
         [invert] = [n for n in api.values() if n["class_type"] == "AttentionEditInvert"]
-        [edit] = [n for n in api.values() if n["class_type"] == "AttentionEditSampler"]
+        [edit] = [n for n in api.values() if n["class_type"] in ("AttentionEditSampler", "AttentionEditGuider")]
         assert edit["inputs"]["target_cfg"] == 1.0 and invert["inputs"]["cfg"] == 1.0, name
         assert source_of(api, invert["inputs"]["positive"], "FluxGuidance")["inputs"]["guidance"] == 1.0, name
         assert source_of(api, edit["inputs"]["target_positive"], "FluxGuidance")["inputs"]["guidance"] == 2.0, name

@@ -122,15 +122,23 @@ def real_loaders(g, family):
 
 
 def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, flow, aux=None, cache_kv=False,
-                       capture_steps="", after_invert=None, after_edit=None):
+                       capture_steps="", after_invert=None, after_edit=None, sampler=None):
+    """Invert -> Edit Sampler -> decode -> save; with `sampler` (a SAMPLER name), the Edit Guider and
+    SamplerCustomAdvanced with that stock sampler instead of the Edit Sampler."""
     inv = g.add("AttentionEditInvert", model=model, latent=latent, positive=src, steps=steps,
                                   scheduler="simple", solver="auto", cfg=1.0, capture_steps=capture_steps,
                                   cache_kv=cache_kv, cache_dtype="auto", cache_device="cpu")
     if after_invert is not None:
         inv = after_invert(g, inv)
     extra = {"aux_positive": aux, "aux_cfg": 1.0} if aux is not None else {}
-    edit = g.add("AttentionEditSampler", model=model, inversion=inv[0], target_positive=tgt, target_cfg=cfg,
-                 source_mode="replay", source_cfg=1.0, start_step=0, negative=neg, **extra)
+    inputs = dict(model=model, inversion=inv[0], target_positive=tgt, target_cfg=cfg, source_mode="replay",
+                  source_cfg=1.0, start_step=0, negative=neg, **extra)
+    if sampler is None:
+        edit = g.add("AttentionEditSampler", **inputs)
+    else:
+        guider = g.add("AttentionEditGuider", **inputs)
+        edit = g.add("SamplerCustomAdvanced", noise=g.add("DisableNoise")[0], guider=guider[0],
+                     sampler=g.add("KSamplerSelect", sampler_name=sampler)[0], sigmas=guider[1], latent_image=latent)
     image = g.add("VAEDecode", samples=edit[0], vae=vae)
     g.add("SaveImage", images=image[0], filename_prefix=f"attention_edit/{name}")
     if after_edit is not None:
@@ -138,7 +146,7 @@ def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, f
     return inv, edit
 
 
-def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
+def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sampler=None):
     """Load -> (patch the MODEL) -> Invert -> Edit Sampler -> decode -> save, on the embedded or a real model.
 
     patch(g, ctx) adds technique nodes and returns the patched MODEL link; ctx has model, clip, vae, latent,
@@ -164,7 +172,7 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
         model = patch(g, ctx)
     invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, tgt, neg, f"{name}_{backbone}", steps,
                        cfg, backbone in MMDIT, aux=neg if aux else None, after_invert=ctx.get("after_invert"),
-                       after_edit=ctx.get("after_edit"))
+                       after_edit=ctx.get("after_edit"), sampler=sampler)
     return g
 
 
@@ -196,6 +204,15 @@ def source_mask(g, ctx):
 def base_edit(backbone):
     """Plain inversion + regeneration with the target prompt (the baseline every technique improves on)."""
     return edit_workflow(backbone, "invert_edit")
+
+
+# The Edit Guider example: ProEdit's patches under SamplerCustomAdvanced with a stock multistep sampler (any
+# SAMPLER works; euler gives exactly the Edit Sampler's result).
+GUIDER_SAMPLER = "dpmpp_2m"
+
+
+def guider_edit(backbone):
+    return edit_workflow(backbone, "edit_guider_proedit", proedit_patch, sampler=GUIDER_SAMPLER)
 
 
 def uam_patch(g, ctx):
@@ -390,6 +407,7 @@ BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux",
 TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit,
               "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit,
               "source_injection": source_injection_edit, "flowedit_keep": flowedit_edit,
+              "edit_guider_proedit": guider_edit,
               "flowedit_keep_mask": flowedit_masked_edit}
 UNET_ONLY = {"unifyedit"}  # refused on MMDiT models (Flux: residuals updated in place block latent gradients)
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
