@@ -27,7 +27,7 @@ def tell(text, level=logging.INFO):
 def idle_techniques(model_options):
     """Names of the techniques in these model options that do nothing without the pack's run state."""
     chain = model_options.get("transformer_options", {}).get(CHAIN_KEY, ())
-    names = [c.idle_without_run() for c in chain]
+    names = [c.idle_without_run() for c in chain if hasattr(c, "idle_without_run")]  # duck-typed others: no
     names += [getattr(h, "technique", None) or type(h).__name__.replace("Hook", "")
               for h in model_options.get(LATENT_HOOKS_KEY, ())]
     return list(dict.fromkeys(n for n in names if n))

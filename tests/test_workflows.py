@@ -164,12 +164,16 @@ def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(bu
     """FlowEdit examples: Keep Outside Mask (from attention, or drawn) on the MODEL; FLUX.1-dev (and Kontext,
     FLUX.2) at the paper's guidance 1.5 (source) / 5.5 (target) through FluxGuidance, no CFG."""
     flowedit = {name: api for name, (api, _) in built.items() if name.startswith("flowedit")}
-    assert len(flowedit) == 16
+    assert len(flowedit) == 24  # 12 backbones, with and without a drawn mask
     for name, api in flowedit.items():
         [edit] = [n for n in api.values() if n["class_type"] == "AttentionEditFlowEdit"]
+        [save] = [n for n in api.values() if n["class_type"] == "SaveImage"]
+        paste = api[save["inputs"]["images"][0]]
+        assert paste["class_type"] == "AttentionEditPasteOutsideMask", name  # the source's own pixels outside
         keep = source_of(api, edit["inputs"]["model"], "AttentionEditKeepOutsideMask")
         mask = api[keep["inputs"]["mask"][0]]["class_type"]
         assert mask == ("LoadImageMask" if "keep_mask" in name else "AttentionEditMaskFromAttention"), name
+        assert paste["inputs"]["mask"] == keep["inputs"]["mask"], name
         if name.endswith(GUIDANCE_DISTILLED):
             assert edit["inputs"]["source_cfg"] == edit["inputs"]["target_cfg"] == 1.0
             assert source_of(api, edit["inputs"]["source_positive"], "FluxGuidance")["inputs"]["guidance"] == 1.5
@@ -196,7 +200,7 @@ def test_kontext_workflows_give_every_branch_the_source_image_as_reference(built
     """FLUX.1 Kontext: ReferenceLatent with the source latent on every prompt (the branches run in one model call,
     so they share it); the image is scaled to Kontext's sizes first, as ComfyUI's Kontext template does."""
     kontext = {name: api for name, (api, _) in built.items() if name.endswith("_flux_kontext_dev")}
-    assert len(kontext) == 8
+    assert len(kontext) == 9
     for name, api in kontext.items():
         refs = [n for n in api.values() if n["class_type"] == "ReferenceLatent"]
         assert len(refs) == 3, name
