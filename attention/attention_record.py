@@ -72,7 +72,7 @@ class AttentionRecord(Controller):
             src_rows = call.rows("source", True)
             if len(src_rows) == len(tgt_rows):
                 src = call.index(src_rows)
-                mask = call.mask
+                mask = call.bias()
                 if mask is not None and mask.shape[0] == call.q.shape[0]:
                     mask_src, mask_tgt = mask[src], mask[tgt]
                 else:
@@ -82,11 +82,11 @@ class AttentionRecord(Controller):
                 a_tgt = self._probs(call.q[tgt], call.k[tgt], call.scale, mask_tgt)[:, :, img, img].mean(1)
                 rec["sa"][call.layer] = (a_src, a_tgt, tuple(call.grid))
         if self._wants_ca(call) and self.tokens:
-            if max(self.tokens) >= call.txt.stop - call.txt.start:
+            if max(call.text_columns(self.tokens)) >= call.txt.stop - call.txt.start:
                 raise ValueError(f"edit_tokens: token position {max(self.tokens)} is beyond the "
                                  f"{call.txt.stop - call.txt.start} text tokens of the conditioning")
             q = call.q[tgt][:, :, img]
             k = call.k[tgt][:, :, call.txt]
-            probs = self._probs(q, k, call.scale).mean(1)  # [n, L_img, T]
-            rec["ca"][call.layer] = (probs[..., call.index(self.tokens)], tuple(call.grid))
+            probs = self._probs(q, k, call.scale, call.text_bias(tgt)).mean(1)  # [n, L_img, T]
+            rec["ca"][call.layer] = (probs[..., call.index(call.text_columns(self.tokens))], tuple(call.grid))
         return out

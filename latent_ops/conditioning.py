@@ -1,7 +1,22 @@
-"""Stack one CONDITIONING per branch into one batched CONDITIONING."""
-import math
+"""Lay out one CONDITIONING per branch as one batched CONDITIONING whose rows keep their own branch's options.
+
+Rows are [branch0 x per_branch, branch1 x per_branch, ...]. Prompts of any token lengths: every prompt (and the
+negative) is padded on the right with zeros to the longest, and the padded text keys are masked out of attention
+(attention/text_keys.py, through the run state). What the model computes from a branch's options (FLUX guidance,
+SDXL size conditioning, Kontext reference latents, ...) reaches that branch's rows (branch_inputs.py); a
+ControlNet reaches the rows of the branches it was applied to (branch_control.py). Options the sampler applies to a
+whole model call (area, mask, timestep range, hooks, GLIGEN) cannot differ between branches: a clear error.
+"""
+from dataclasses import dataclass
 
 import torch
+
+from ..attention.text_keys import TextKeys
+
+# Options ComfyUI's sampler applies to whole model calls (comfy/samplers.py get_area_and_mult, hooks, GLIGEN).
+CALL_OPTIONS = ("area", "strength", "mask", "mask_strength", "set_area_to_bounds", "timestep_start",
+                "timestep_end", "start_percent", "end_percent", "hooks", "gligen", "default")
+CONTROL_OPTIONS = ("control", "control_apply_to_uncond")  # per branch: branch_control.py
 
 
 def _single(cond, name):
@@ -13,7 +28,7 @@ def _single(cond, name):
     return cond[0]
 
 
-def _repeat_rows(t, rows, name):
+def repeat_rows(t, rows, name):
     if t.shape[0] == rows:
         return t
     if t.shape[0] == 1:
@@ -21,56 +36,85 @@ def _repeat_rows(t, rows, name):
     raise ValueError(f"{name}: conditioning batch {t.shape[0]} does not match the latent batch {rows}")
 
 
-def _same(a, b):
+def same(a, b):
     if a is b:
         return True
     if torch.is_tensor(a) or torch.is_tensor(b):
         return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b.to(a))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     try:
         return bool(a == b)
     except Exception:  # objects without a usable ==: only identity counts
         return False
 
 
-def branch_guidance(conds):
-    """Each branch's FLUX-style distilled guidance (FluxGuidance), or None when the branches agree."""
-    values = [_single(c, "conditioning")[1].get("guidance") for c in conds]
-    return None if all(_same(v, values[0]) for v in values) else values
+def _pad(tensor, length):
+    """[b, n, d] -> [b, length, d], zeros on the right."""
+    if tensor.shape[1] == length:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], length - tensor.shape[1], *tensor.shape[2:])], 1)
 
 
-def stack_conditioning(conds, names, per_branch):
-    """One CONDITIONING whose batch is [branch0 x per_branch, branch1 x per_branch, ...].
+@dataclass
+class Layout:
+    positive: list          # the batched CONDITIONING of every branch (options: the first branch's)
+    negative: list          # the negative repeated for every branch's rows, or None
+    text_keys: TextKeys     # token counts per row: the padded text keys the attention masks out
+    entries: list           # (tensor, options) of each branch as given (its own model inputs are made from them)
+    controls: list          # each branch's ControlNet (or None)
+    to_uncond: list         # whether each branch's ControlNet also applies to its unconditional rows
 
-    Token lengths must agree up to whole repeats (as ComfyUI does for CLIP's 77-token chunks); pooled outputs are
-    stacked; a distilled guidance that differs per branch is applied per row by the sampler (branch_guidance);
-    any other option (ControlNet, reference latents, size conditioning, area/mask) must be the same on every
-    branch, else a clear error: one model call cannot give it to some rows only.
-    """
-    entries = [_single(c, n) for c, n in zip(conds, names)]
-    lengths = [e[0].shape[1] for e in entries]
-    target_len = math.lcm(*lengths)
-    if target_len > 4 * max(lengths):
-        raise ValueError(f"{', '.join(names)}: prompt token lengths {lengths} cannot be batched; "
-                         f"make the prompts similar in length")
-    tensors, pooled = [], []
-    for (tensor, opts), name in zip(entries, names):
-        tensor = tensor.repeat(1, target_len // tensor.shape[1], 1)
-        tensors.append(_repeat_rows(tensor, per_branch, name))
-        if "pooled_output" in opts and opts["pooled_output"] is not None:
-            pooled.append(_repeat_rows(opts["pooled_output"], per_branch, name))
-    for key in {k for _, opts in entries for k in opts} - {"pooled_output", "guidance"}:
+
+def _check_call_options(entries, names):
+    for key in {k for _, opts in entries for k in opts if k in CALL_OPTIONS}:
         first = entries[0][1].get(key)
         for (_, opts), name in zip(entries[1:], names[1:]):
-            if not _same(opts.get(key), first):
-                raise ValueError(f"{name}: its '{key}' option differs from the {names[0]}'s; every branch runs in "
-                                 f"one model call, so per-branch '{key}' (ControlNet, reference latents, size or "
-                                 f"area conditioning) cannot be applied: give every branch the same, or none")
-    options = dict(entries[-1][1])
+            if not same(opts.get(key), first):
+                raise ValueError(
+                    f"{name}: its '{key}' option differs from the {names[0]}'s. ComfyUI's sampler applies area, "
+                    f"mask, strength, timestep-range, hook and GLIGEN options to whole model calls, and every branch "
+                    f"runs in one call: give every branch the same '{key}' (or none), e.g. apply the node that set "
+                    f"it to each branch's conditioning alike")
+
+
+def lay_out(conds, names, roles, per_branch, negative=None):
+    """The Layout of these branch conditionings (roles: the branches' roles, in order)."""
+    entries = [_single(c, n) for c, n in zip(conds, names)]
+    neg = _single(negative, "negative") if negative is not None else None
+    for (tensor, _), name in zip(entries + ([neg] if neg else []), names + ["negative"]):
+        if not torch.is_tensor(tensor) or tensor.ndim != 3:
+            raise ValueError(f"{name}: expected conditioning tokens [batch, tokens, channels], got "
+                             f"{getattr(tensor, 'shape', type(tensor).__name__)}")
+    widths = {t.shape[2] for t, _ in entries + ([neg] if neg else [])}
+    if len(widths) > 1:
+        raise ValueError(f"{', '.join(names)}: the conditionings have different channel widths {sorted(widths)}; "
+                         f"encode every prompt with the same text encoder")
+    _check_call_options(entries, names)
+    lengths = [t.shape[1] for t, _ in entries]
+    length = max(lengths + ([neg[0].shape[1]] if neg else []))
+    valid = {(role, True): n for role, n in zip(roles, lengths)}
+    if neg:
+        valid.update({(role, False): neg[0].shape[1] for role in roles})
+    text_keys = TextKeys(length, valid)
+
+    tensors, pooled = [], []
+    for (tensor, opts), name in zip(entries, names):
+        tensors.append(repeat_rows(_pad(tensor, length), per_branch, name))
+        if opts.get("pooled_output") is not None:
+            pooled.append(repeat_rows(opts["pooled_output"], per_branch, name))
+    options = {k: v for k, v in entries[0][1].items() if k not in CONTROL_OPTIONS}
     if pooled:
         if len(pooled) != len(entries):
             raise ValueError(f"{', '.join(names)}: some conditionings have a pooled output and some do not")
         options["pooled_output"] = torch.cat(pooled)
-    return [[torch.cat(tensors), options]]
-
+    positive = [[torch.cat(tensors), options]]
+    if neg:
+        neg_opts = dict(neg[1])
+        if neg_opts.get("pooled_output") is not None:
+            neg_opts["pooled_output"] = repeat_rows(neg_opts["pooled_output"], per_branch, "negative") \
+                .repeat(len(entries), 1)
+        negative = [[repeat_rows(_pad(neg[0], length), per_branch, "negative").repeat(len(entries), 1, 1),
+                     neg_opts]]
+    return Layout(positive, negative, text_keys, entries, [opts.get("control") for _, opts in entries],
+                  [bool(opts.get("control_apply_to_uncond", False)) for _, opts in entries])

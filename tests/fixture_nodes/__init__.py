@@ -45,10 +45,12 @@ def word_vector(word):
     return torch.randn(CONTEXT_DIM, generator=torch.Generator().manual_seed(seed))
 
 
-def tiny_conditioning(text):
-    """Token states [1, TOKENS, CONTEXT_DIM]: one deterministic vector per word, zero padding; pooled = mean."""
-    words = text.lower().split()[:TOKENS]
-    states = torch.zeros(1, TOKENS, CONTEXT_DIM)
+def tiny_conditioning(text, length=TOKENS):
+    """Token states [1, length, CONTEXT_DIM]: one deterministic vector per word, zero padding; pooled = mean.
+    length None: one token per word (an encoder that does not pad, as Flux.2's or Qwen-Image's)."""
+    length = max(len(text.split()), 1) if length is None else length
+    words = text.lower().split()[:length]
+    states = torch.zeros(1, length, CONTEXT_DIM)
     for i, word in enumerate(words):
         states[0, i] = word_vector(word)
     pooled = states[0, :max(len(words), 1)].mean(0, keepdim=True)
@@ -70,13 +72,15 @@ class TinyTestModel:
 class TinyTestConditioning:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"text": ("STRING", {"default": ""})}}
+        return {"required": {"text": ("STRING", {"default": ""})},
+                "optional": {"length": ("INT", {"default": TOKENS, "min": 0, "max": 4096,
+                                                "tooltip": "token count; 0: one token per word"})}}
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "encode"
     CATEGORY = "testing"
 
-    def encode(self, text):
-        return (tiny_conditioning(text),)
+    def encode(self, text, length=TOKENS):
+        return (tiny_conditioning(text, length or None),)
 
 
 class TestSink:
