@@ -41,7 +41,8 @@ def branch_inputs(model, layout, names, per_branch, latent_hw):
     conditioning's on some branch's rows; {} when none does."""
     channels = model.model.latent_format.latent_channels
     count = len(layout.entries)
-    noise = torch.zeros(per_branch * count, channels, *latent_hw)
+    # the latent's size only sets defaults that are alike on every branch (SDXL's width): any size compares right
+    noise = torch.zeros(per_branch * count, channels, *(latent_hw or (64, 64)))
     batched = _model_conds(model, layout.positive[0][0], layout.positive[0][1], noise)
     own = [_model_conds(model, t, opts, noise[:per_branch]) for t, opts in layout.entries]
     out = {}

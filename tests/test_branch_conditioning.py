@@ -93,6 +93,27 @@ def test_attention_maps_and_techniques_ignore_the_padding(ops, fixtures, att, ki
     assert maps_long[:2, 5:].abs().max() == 0  # no attention to the zeros that pad them
 
 
+def test_cpam_localized_cross_attention_ignores_the_padding(ops, fixtures, pack):
+    """The target's queries outside M_t attend to the aux (empty) prompt's text keys, inside to the target's: with
+    an empty prompt of 40 tokens the target's 8 are padded, and only their padding is masked (the U-Net's K/V of
+    the empty prompt's zero states are zeros at any count, so the result must not change)."""
+    cpam = pack("nodes.cpam")
+    model = fixtures.tiny_model("sd15")
+    x0 = source_latent(27)
+    src, tgt = fixtures.tiny_conditioning("a red circle"), fixtures.tiny_conditioning("a blue square")
+    half = torch.zeros(1, 64, 64)
+    half[:, :, :32] = 1
+    patched = cpam.CPAMLocalizedCrossAttention().patch(model, half, "given", 0, 0.3, target_mask=half)[0]
+    inv = ops.inversion.invert(model, x0, src, steps=2)
+    roles = ("source", "target", "aux")
+    short, _ = edit_roles(ops, patched, inv, [src, tgt, fixtures.tiny_conditioning("")], roles=roles)
+    long, run = edit_roles(ops, patched, inv, [src, tgt, fixtures.tiny_conditioning("", length=40)], roles=roles)
+    assert run.text_keys.padded
+    plain, _ = edit_roles(ops, model, inv, [src, tgt, fixtures.tiny_conditioning("")], roles=roles)
+    assert differs(short["target"], plain["target"])  # CPAM acts
+    assert_close(long["target"], short["target"])
+
+
 def test_word_positions_shift_by_the_text_a_model_puts_first(att):
     keys = att.text_keys.TextKeys(7, {("target", True): 5})
     assert keys.columns([0, 4], 7) == [0, 4]  # padded on the right: positions stay
