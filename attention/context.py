@@ -71,9 +71,9 @@ class AttnCall:
         keep = keep[:, self.txt]
         return keep_bias(keep if rows is None else keep[rows], self.q.dtype)
 
-    def text_columns(self, positions):
-        """Token positions of the conditioning (e.g. a word's) -> positions among this call's text keys."""
-        return word_columns(self.run, positions, self.txt.stop - self.txt.start)
+    def text_columns(self, positions, role="target"):
+        """Token positions of a `role` row's prompt (e.g. a word's) -> positions among this call's text keys."""
+        return word_columns(self.run, positions, self.txt.stop - self.txt.start, role)
 
     @property
     def step(self):

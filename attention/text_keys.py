@@ -3,9 +3,9 @@
 Branches with prompts of different token counts share one batch by padding every prompt on the right (zeros) to a
 common length; the padded keys are masked out of every attention and every attention-derived map (AttnCall.bias,
 text_keep, text_columns), so a padded row computes what it would unpadded. A model that pads the text itself (in
-ComfyUI 0.3.75 Flux.2 pads on the left to 512 tokens) has more text keys than the conditioning had tokens: those
-extra keys come first (`offset`) and belong to the model's own plain run, so they are kept, and word positions
-shift by them.
+ComfyUI 0.3.75 Flux.2 pads on the left to 512 tokens) attends its own padding in a plain run, so that is kept:
+the pack lays each prompt out in the model's own padded form (latent_ops/conditioning.py model_text), and word
+positions shift by the text the model put first (`shift`).
 
 Family-independent: the hooks build an AttnCall with the text-key slice `txt`; everything here works on that.
 """
@@ -16,33 +16,35 @@ KEEP_KEY = "text_key_keep"
 
 class TextKeys:
     """length: token count of the conditioning given to the sampler (after the pack's padding).
-    valid: {(role, cond flag): real token count} of rows padded on the right; rows not named are not padded.
-    Immutable; lives on the RunState (run.text_keys)."""
+    rows: {(role, cond flag): (shift, end)}: a row's prompt token p is text key shift + p (shift: text the model
+    itself puts first, e.g. Flux.2's left padding, attended as in a plain run), and its keys from `end` on only pad
+    it to `length` (masked). Rows not named: (0, length). Immutable; lives on the RunState (run.text_keys)."""
 
-    def __init__(self, length, valid=None):
+    def __init__(self, length, rows=None):
         self.length = int(length)
-        self.valid = {key: int(n) for key, n in (valid or {}).items() if int(n) < int(length)}
+        self.rows = {key: (int(shift), int(end)) for key, (shift, end) in (rows or {}).items()}
 
     def __deepcopy__(self, memo):
         return self
 
     @property
     def padded(self):
-        return bool(self.valid)
+        return any(end < self.length for _, end in self.rows.values())
 
     def offset(self, n_txt):
-        """Text keys the model put before the conditioning's tokens (its own left padding)."""
+        """Text keys a model put before the whole conditioning at sampling time (one the pack did not lay out in
+        the model's own padded form; such padding is on the left, as Flux.2's)."""
         return max(int(n_txt) - self.length, 0)
 
-    def columns(self, positions, n_txt):
-        """Token positions in the conditioning -> positions among the call's `n_txt` text keys."""
-        off = self.offset(n_txt)
+    def columns(self, positions, n_txt, role="target", cond=True):
+        """Token positions of a row's prompt -> positions among the call's `n_txt` text keys."""
+        off = self.offset(n_txt) + self.rows.get((role, bool(cond)), (0, 0))[0]
         return [off + int(p) for p in positions]
 
     def end(self, role, cond, n_txt):
         """Text keys [0, end) of a row of this role / cond flag are attended; [end, n_txt) are padding."""
-        valid = self.valid.get((role, bool(cond)))
-        return int(n_txt) if valid is None else min(self.offset(n_txt) + valid, int(n_txt))
+        end = self.rows.get((role, bool(cond)), (0, self.length))[1]
+        return min(self.offset(n_txt) + end, int(n_txt))
 
     def keep(self, roles, conds, txt, n_keys, device, store=None):
         """Bool [B, n_keys]: False at the padded text keys of each row; None when no row of this call is padded.
@@ -66,8 +68,8 @@ def text_keys_of(run):
     return getattr(run, "text_keys", None) if run is not None else None
 
 
-def word_columns(run, positions, n_txt):
-    """Word token positions (in the conditioning) -> columns among a call's `n_txt` text keys: shifted by any text
-    the model put first (Flux.2's left padding), unchanged otherwise."""
+def word_columns(run, positions, n_txt, role="target"):
+    """Word token positions (in the prompt of a `role` row's conditioning) -> columns among a call's `n_txt` text
+    keys: shifted by any text the model put first (Flux.2's left padding), unchanged otherwise."""
     keys = text_keys_of(run)
-    return [int(p) for p in positions] if keys is None else keys.columns(positions, n_txt)
+    return [int(p) for p in positions] if keys is None else keys.columns(positions, n_txt, role)

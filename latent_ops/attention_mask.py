@@ -15,7 +15,7 @@ from ..attention.controller import RUN_KEY, Controller
 from ..attention.hooks import model_family, with_controller
 from ..attention.masked import as_4d
 from ..attention.run_state import RunState
-from ..attention.text_keys import TextKeys
+from .conditioning import text_layout
 from .guided_loop import run_guided
 from .masks import resize
 
@@ -125,7 +125,7 @@ class WordAttention(Controller):
 
     def after(self, call, out):
         rows = call.index(call.rows(None, True))
-        positions = call.text_columns(self.positions)  # shifted by any text the model put first (Flux.2)
+        positions = call.text_columns(self.positions, "source")  # shifted by text the model puts first (Flux.2)
         if call.txt.stop - call.txt.start <= max(positions):
             raise ValueError(f"word: token position {max(positions)} lies beyond the model's "
                              f"{call.txt.stop - call.txt.start} text tokens; the CLIP does not match this conditioning")
@@ -183,7 +183,8 @@ def word_attention_map(model, latent, positive, positions, seed=0, dit_layers="a
     run = RunState(branches=("source",), per_branch=latent.shape[0], phase="capture", total_steps=1,
                    latent_hw=tuple(latent.shape[-2:]))
     run.step = 0
-    run.text_keys = TextKeys(positive[0][0].shape[1])  # word positions shift by text the model puts first
+    if len(positive) == 1:  # word positions shift by the text the model puts first (Flux.2's left padding)
+        positive, run.text_keys = text_layout(model, positive, "source")
     patched.model_options["transformer_options"][RUN_KEY] = run
 
     def loop(model_fn, x, sig):

@@ -8,23 +8,14 @@ within one model call (a constant, another token count) are refused with an erro
 """
 import comfy.conds
 import comfy.patcher_extension
-import comfy.samplers
 import torch
 
 from ..attention.controller import RUN_KEY
 from ..attention.indexing import selector
-from .conditioning import same
+from .conditioning import model_conds, same
 
 WRAPPER_KEY = "edit_pack_branch_inputs"
 OWN_INPUTS = ("c_crossattn",)  # batched by the layout itself (padded per row)
-
-
-def _model_conds(model, tensor, options, noise):
-    entry = {**options, "cross_attn": tensor, "model_conds": {}}
-    entry.pop("control", None)
-    out = comfy.samplers.encode_model_conds(model.model.extra_conds, [entry], noise, noise.device, "positive",
-                                            latent_image=noise, denoise_mask=None, seed=0)
-    return out[0]["model_conds"]
 
 
 def _values(cond, rows):
@@ -43,8 +34,8 @@ def branch_inputs(model, layout, names, per_branch, latent_hw):
     count = len(layout.entries)
     # the latent's size only sets defaults that are alike on every branch (SDXL's width): any size compares right
     noise = torch.zeros(per_branch * count, channels, *(latent_hw or (64, 64)))
-    batched = _model_conds(model, layout.positive[0][0], layout.positive[0][1], noise)
-    own = [_model_conds(model, t, opts, noise[:per_branch]) for t, opts in layout.entries]
+    batched = model_conds(model, layout.positive[0][0], layout.positive[0][1], noise)
+    own = [model_conds(model, t, opts, noise[:per_branch]) for t, opts in layout.entries]
     out = {}
     for key in sorted(set(batched).union(*own) - set(OWN_INPUTS)):
         missing = [n for n, conds in zip(names, own) if key not in conds]

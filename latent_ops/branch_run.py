@@ -16,7 +16,7 @@ def prepare_branches(model, run, conds, scales, negative):
     cfg = BranchCFG(scales, run.per_branch, model.model_options.get("sampler_cfg_function"))
     if cfg.guider_cfg() != 1.0 and negative is None:
         raise ValueError("negative: a branch uses guidance other than 1, so a negative CONDITIONING is required")
-    layout = lay_out(conds, names, run.branches, run.per_branch, negative)
+    layout = lay_out(model, conds, names, run.branches, run.per_branch, negative)
     control = branch_control(layout, names, run.branches)
     if control is not None:
         layout.positive[0][1]["control"] = control

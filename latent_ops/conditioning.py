@@ -1,14 +1,15 @@
 """Lay out one CONDITIONING per branch as one batched CONDITIONING whose rows keep their own branch's options.
 
 Rows are [branch0 x per_branch, branch1 x per_branch, ...]. Prompts of any token lengths: every prompt (and the
-negative) is padded on the right with zeros to the longest, and the padded text keys are masked out of attention
-(attention/text_keys.py, through the run state). What the model computes from a branch's options (FLUX guidance,
+negative), in the form the model pads it to itself, is padded on the right with zeros to the longest, and those
+padded text keys are masked out of attention (attention/text_keys.py, through the run state). What the model computes from a branch's options (FLUX guidance,
 SDXL size conditioning, Kontext reference latents, ...) reaches that branch's rows (branch_inputs.py); a
 ControlNet reaches the rows of the branches it was applied to (branch_control.py). Options the sampler applies to a
 whole model call (area, mask, timestep range, hooks, GLIGEN) cannot differ between branches: a clear error.
 """
 from dataclasses import dataclass
 
+import comfy.samplers
 import torch
 
 from ..attention.text_keys import TextKeys
@@ -49,6 +50,41 @@ def same(a, b):
         return False
 
 
+def model_conds(model, tensor, options, noise):
+    """The model inputs ComfyUI's sampler makes from one conditioning entry (its encode_model_conds)."""
+    entry = {k: v for k, v in options.items() if k not in CONTROL_OPTIONS}
+    entry.update(cross_attn=tensor, model_conds={})
+    out = comfy.samplers.encode_model_conds(model.model.extra_conds, [entry], noise, noise.device, "positive",
+                                            latent_image=noise, denoise_mask=None, seed=0)
+    return out[0]["model_conds"]
+
+
+def model_text(model, tensor, options):
+    """(tokens, shift): a prompt's tokens as the model will see them, with the padding it adds itself (Flux.2 pads
+    on the left to 512 tokens), and the count of keys it put before them; (tensor, 0) when it adds none, or when
+    it would pad the padded form again (then it pads at sampling time, and the run's TextKeys assume the left)."""
+    noise = torch.zeros(1, model.model.latent_format.latent_channels, 8, 8)
+    seen = model_conds(model, tensor, options, noise).get("c_crossattn")
+    own = getattr(seen, "cond", None)
+    n = tensor.shape[1]
+    if not torch.is_tensor(own) or own.ndim != 3 or own.shape[0] != tensor.shape[0] or own.shape[1] <= n:
+        return tensor, 0
+    if model_conds(model, own, options, noise)["c_crossattn"].cond.shape != own.shape:
+        return tensor, 0
+    for shift in (own.shape[1] - n, 0):
+        if torch.equal(own[:, shift:shift + n], tensor.to(own)):
+            return own.to(tensor), shift
+    return tensor, 0
+
+
+def text_layout(model, cond, role):
+    """(CONDITIONING in the model's own padded form, TextKeys) of one prompt driving rows of `role`: maps the
+    prompt's word positions to text keys (TextKeys.columns)."""
+    tensor, options = _single(cond, f"{role} conditioning")
+    own, shift = model_text(model, tensor, options)
+    return [[own, options]], TextKeys(own.shape[1], {(role, True): (shift, own.shape[1])})
+
+
 def _pad(tensor, length):
     """[b, n, d] -> [b, length, d], zeros on the right."""
     if tensor.shape[1] == length:
@@ -78,8 +114,8 @@ def _check_call_options(entries, names):
                     f"it to each branch's conditioning alike")
 
 
-def lay_out(conds, names, roles, per_branch, negative=None):
-    """The Layout of these branch conditionings (roles: the branches' roles, in order)."""
+def lay_out(model, conds, names, roles, per_branch, negative=None):
+    """The Layout of these branch conditionings (roles: the branches' roles, in order) for `model`."""
     entries = [_single(c, n) for c, n in zip(conds, names)]
     neg = _single(negative, "negative") if negative is not None else None
     for (tensor, _), name in zip(entries + ([neg] if neg else []), names + ["negative"]):
@@ -91,15 +127,16 @@ def lay_out(conds, names, roles, per_branch, negative=None):
         raise ValueError(f"{', '.join(names)}: the conditionings have different channel widths {sorted(widths)}; "
                          f"encode every prompt with the same text encoder")
     _check_call_options(entries, names)
-    lengths = [t.shape[1] for t, _ in entries]
-    length = max(lengths + ([neg[0].shape[1]] if neg else []))
-    valid = {(role, True): n for role, n in zip(roles, lengths)}
+    texts = [model_text(model, t, opts) for t, opts in entries]  # each prompt as the model pads it itself
+    neg_text = model_text(model, *neg) if neg else None
+    length = max(t.shape[1] for t, _ in texts + ([neg_text] if neg else []))
+    rows = {(role, True): (shift, t.shape[1]) for role, (t, shift) in zip(roles, texts)}
     if neg:
-        valid.update({(role, False): neg[0].shape[1] for role in roles})
-    text_keys = TextKeys(length, valid)
+        rows.update({(role, False): (neg_text[1], neg_text[0].shape[1]) for role in roles})
+    text_keys = TextKeys(length, rows)
 
     tensors, pooled = [], []
-    for (tensor, opts), name in zip(entries, names):
+    for (tensor, _), (_, opts), name in zip(texts, entries, names):
         tensors.append(repeat_rows(_pad(tensor, length), per_branch, name))
         if opts.get("pooled_output") is not None:
             pooled.append(repeat_rows(opts["pooled_output"], per_branch, name))
@@ -114,7 +151,7 @@ def lay_out(conds, names, roles, per_branch, negative=None):
         if neg_opts.get("pooled_output") is not None:
             neg_opts["pooled_output"] = repeat_rows(neg_opts["pooled_output"], per_branch, "negative") \
                 .repeat(len(entries), 1)
-        negative = [[repeat_rows(_pad(neg[0], length), per_branch, "negative").repeat(len(entries), 1, 1),
+        negative = [[repeat_rows(_pad(neg_text[0], length), per_branch, "negative").repeat(len(entries), 1, 1),
                      neg_opts]]
     return Layout(positive, negative, text_keys, entries, [opts.get("control") for _, opts in entries],
                   [bool(opts.get("control_apply_to_uncond", False)) for _, opts in entries])

@@ -114,10 +114,37 @@ def test_cpam_localized_cross_attention_ignores_the_padding(ops, fixtures, pack)
     assert_close(long["target"], short["target"])
 
 
-def test_word_positions_shift_by_the_text_a_model_puts_first(att):
-    keys = att.text_keys.TextKeys(7, {("target", True): 5})
-    assert keys.columns([0, 4], 7) == [0, 4]  # padded on the right: positions stay
-    assert keys.columns([0, 4], 512) == [505, 509]  # a model that left-pads to 512 (Flux.2): shifted
+def left_padding_flux(fixtures, seed=0):
+    """The tiny Flux model under ComfyUI's Flux2 model class, whose extra_conds left-pads the text to 512 tokens,
+    with Flux.2's four position axes (text keys then have positions: the model's own padding must stay where the
+    model puts it)."""
+    import comfy.model_base
+    arch = fixtures.architectures
+    config = dict(fixtures.tiny_config("flux"), dtype=torch.float32, axes_dim=[4, 4, 4, 4])
+    return arch._patcher(comfy.model_base.Flux2(arch.SmallModelConfig(config, 1.0, 0.0, {"shift": 1.0})), None, seed)
+
+
+def test_a_model_that_left_pads_the_text_keeps_its_padding_and_shifts_word_positions(ops, fixtures, pack, att):
+    conditioning = pack("latent_ops.conditioning")
+    model = left_padding_flux(fixtures)
+    x0 = source_latent(28)
+    short = fixtures.tiny_conditioning("a red circle on grey", length=5)
+    long = fixtures.tiny_conditioning("a blue square " * 200, length=600)  # beyond the model's 512
+    laid_out, keys = conditioning.text_layout(model, short, "source")
+    assert laid_out[0][0].shape[1] == 512 and keys.columns([0, 3], 512, "source") == [507, 510]
+    assert att.text_keys.word_columns(None, [0, 3], 512) == [0, 3]
+    inv = ops.inversion.invert(model, x0, short, steps=2)
+    both, run = edit_roles(ops, model, inv, [short, long])
+    assert run.text_keys.length == 600 and run.text_keys.end("source", True, 600) == 512
+    assert run.text_keys.columns([0], 600, "source") == [507] and run.text_keys.columns([0], 600) == [0]
+    assert_close(both["source"], alone(ops, model, inv, short))
+    assert_close(both["target"], alone(ops, model, inv, long))
+
+
+def test_text_keys_mask_only_the_padding_the_pack_added(att):
+    keys = att.text_keys.TextKeys(7, {("target", True): (0, 5), ("source", True): (2, 7)})
+    assert keys.columns([0, 4], 7) == [0, 4] and keys.columns([0, 4], 7, "source") == [2, 6]
+    assert keys.columns([0, 4], 512) == [505, 509]  # a model that left-pads the whole batch at sampling time
     assert keys.end("target", True, 512) == 510 and keys.end("source", True, 512) == 512
     keep = keys.keep(["target", "source"], [True, True], slice(0, 512), 600, "cpu")
     assert keep[0, :510].all() and not keep[0, 510:512].any() and keep[0, 512:].all() and keep[1].all()
