@@ -53,6 +53,12 @@ class AttnCall:
             self._key_bias = None if keep is None else keep_bias(keep, self.q.dtype)
         return self._key_bias
 
+    @property
+    def plain(self):
+        """True when the model's own kernel on the call's original q, k, v gives the answer: no controller changed
+        K/V and no text key of the call pads a prompt (else attend(), or a foreign kernel given bias())."""
+        return not self.changed and self.key_keep is None
+
     def bias(self):
         """The call's whole additive attention bias (model mask + padded text keys), broadcastable, or None."""
         return add_bias(as_bias(self.mask, self.q.dtype), self.key_bias)

@@ -70,8 +70,9 @@ def _roles(options, batch):
     return run.row_roles(batch, options.get("cond_or_uncond") or [0])
 
 
-def _padded(options):
-    """Whether this call's run padded some branch's prompt (its text keys must then be masked, chain or not)."""
+def padded_prompts(options):
+    """Whether this call's run padded some branch's prompt: its text keys must then be masked (an AttnCall built and
+    attended, c.plain false), chain or not. Every family's hook asks this with its chain."""
     keys = text_keys_of(options.get(RUN_KEY))
     return keys is not None and keys.padded
 
@@ -138,7 +139,7 @@ class UNetAttnHook:
 
     def attend(self, q, k, v, options):
         chain = options.get(CHAIN_KEY) or ()
-        if _IN_FOREIGN.get() or not (chain or (self.kind == "cross" and _padded(options))):
+        if _IN_FOREIGN.get() or not (chain or (self.kind == "cross" and padded_prompts(options))):
             return self.plain(q, k, v, options)
         heads = options["n_heads"]
         block = options.get("block", ("?", 0))
@@ -152,9 +153,9 @@ class UNetAttnHook:
                         options=options)
 
         def compute(c):
-            padding = c.key_bias
-            if not c.changed and padding is None:
+            if c.plain:
                 return _split_heads(self.plain(q, k, v, options), heads)
+            padding = c.key_bias
             if self.fallback is not None:  # another node's attention, on the K/V the technique chose
                 if padding is not None:
                     _warn_unmasked(c, f"another node's attention patch on {c.layer}")
@@ -201,7 +202,7 @@ def dit_attention_override(func, *args, **kwargs):
         return _foreign(prev, func, *qkv, *args[3:], **call_kwargs)
     chain = options.get(CHAIN_KEY) or ()
     geometry = options.get(DIT_INFO_KEY)
-    if not (chain or _padded(options)) or geometry is None or not kwargs.get("skip_reshape", False):
+    if not (chain or padded_prompts(options)) or geometry is None or not kwargs.get("skip_reshape", False):
         return plain()
     q, k, v, heads = args[:4]
     txt_len, h, w, latent_hw = geometry
@@ -212,10 +213,9 @@ def dit_attention_override(func, *args, **kwargs):
                     mask=kwargs.get("mask"), block_type=block_type, block_index=index, options=options)
 
     def compute(c):
-        padding = c.key_bias
-        if (not c.changed and padding is None) or prev is not None:
+        if c.plain or prev is not None:
             # unchanged, or another node's kernel: also on the K/V the technique chose, given the padding as mask
-            out = plain(c.q, c.k, c.v, mask=None if padding is None else c.bias())
+            out = plain(c.q, c.k, c.v, mask=None if c.key_bias is None else c.bias())
             return out if kwargs.get("skip_output_reshape") else _split_heads(out, heads)
         return c.attend()
     out = run_chain(chain, call, compute)

@@ -92,12 +92,22 @@ def _pad(tensor, length):
     return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], length - tensor.shape[1], *tensor.shape[2:])], 1)
 
 
+def _pad_options(options, n, length):
+    """A branch's options for its prompt padded from n to `length` tokens: a per-token 'attention_mask' the encoder
+    gave (Lumina 2's) is padded with zeros (masked) alike."""
+    mask = options.get("attention_mask")
+    if not torch.is_tensor(mask) or mask.shape[-1] != n or n == length:
+        return options
+    pad = mask.new_zeros(*mask.shape[:-1], length - n)
+    return {**options, "attention_mask": torch.cat([mask, pad], -1)}
+
+
 @dataclass
 class Layout:
     positive: list          # the batched CONDITIONING of every branch (options: the first branch's)
     negative: list          # the negative repeated for every branch's rows, or None
     text_keys: TextKeys     # token counts per row: the padded text keys the attention masks out
-    entries: list           # (tensor, options) of each branch as given (its own model inputs are made from them)
+    entries: list           # (tokens, options) of each branch padded to the common length (its own model inputs)
     controls: list          # each branch's ControlNet (or None)
     to_uncond: list         # whether each branch's ControlNet also applies to its unconditional rows
 
@@ -134,10 +144,11 @@ def lay_out(model, conds, names, roles, per_branch, negative=None):
     if neg:
         rows.update({(role, False): (neg_text[1], neg_text[0].shape[1]) for role in roles})
     text_keys = TextKeys(length, rows)
+    entries = [(_pad(t, length), _pad_options(opts, t.shape[1], length)) for (t, _), (_, opts) in zip(texts, entries)]
 
     tensors, pooled = [], []
-    for (tensor, _), (_, opts), name in zip(texts, entries, names):
-        tensors.append(repeat_rows(_pad(tensor, length), per_branch, name))
+    for (tensor, opts), name in zip(entries, names):
+        tensors.append(repeat_rows(tensor, per_branch, name))
         if opts.get("pooled_output") is not None:
             pooled.append(repeat_rows(opts["pooled_output"], per_branch, name))
     options = {k: v for k, v in entries[0][1].items() if k not in CONTROL_OPTIONS}
@@ -147,7 +158,7 @@ def lay_out(model, conds, names, roles, per_branch, negative=None):
         options["pooled_output"] = torch.cat(pooled)
     positive = [[torch.cat(tensors), options]]
     if neg:
-        neg_opts = dict(neg[1])
+        neg_opts = dict(_pad_options(neg[1], neg_text[0].shape[1], length))
         if neg_opts.get("pooled_output") is not None:
             neg_opts["pooled_output"] = repeat_rows(neg_opts["pooled_output"], per_branch, "negative") \
                 .repeat(len(entries), 1)

@@ -64,6 +64,27 @@ def test_a_prompt_padded_from_5_to_300_tokens_computes_what_it_does_unpadded(ops
 
 
 @pytest.mark.parametrize("kind", ["sd15", "flux"])
+def test_another_nodes_attention_kernel_gets_the_padding_as_its_mask(ops, fixtures, kind):
+    masks = []
+
+    def damped_attention(func, *args, **kwargs):
+        """Another node's attention kernel (as sage-attention patch nodes set), with a visible effect."""
+        masks.append(kwargs.get("mask"))
+        return func(*args, **kwargs) * 0.9
+    model = fixtures.tiny_model(kind).clone()
+    model.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = damped_attention
+    x0 = source_latent(29)
+    short = fixtures.tiny_conditioning("a red circle on grey", length=5)
+    long = fixtures.tiny_conditioning("a blue square " * 20, length=60)
+    inv = ops.inversion.invert(model, x0, short, steps=2)
+    solo = alone(ops, model, inv, short)
+    masks.clear()
+    both, _ = edit_roles(ops, model, inv, [short, long])
+    assert any(m is not None for m in masks)  # the kernel ran, given the padding as its mask
+    assert_close(both["source"], solo)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "flux"])
 def test_attention_maps_and_techniques_ignore_the_padding(ops, fixtures, att, kind):
     """KV-mix and uniform maps on the target, and captured maps, are the same whether or not another branch's long
     prompt pads the source and target prompts."""
@@ -139,6 +160,14 @@ def test_a_model_that_left_pads_the_text_keeps_its_padding_and_shifts_word_posit
     assert run.text_keys.columns([0], 600, "source") == [507] and run.text_keys.columns([0], 600) == [0]
     assert_close(both["source"], alone(ops, model, inv, short))
     assert_close(both["target"], alone(ops, model, inv, long))
+
+
+def test_an_encoders_own_token_mask_is_padded_alike(pack):
+    pad_options = pack("latent_ops.conditioning")._pad_options
+    opts = {"attention_mask": torch.ones(1, 3), "guidance": 2.0}
+    padded = pad_options(opts, 3, 5)
+    assert padded["attention_mask"].tolist() == [[1, 1, 1, 0, 0]] and padded["guidance"] == 2.0
+    assert opts["attention_mask"].shape == (1, 3)  # the input is left as it was
 
 
 def test_text_keys_mask_only_the_padding_the_pack_added(att):
