@@ -15,6 +15,8 @@ class AttnCall:
     kind: "self" or "cross" (U-Net) or "joint" (MMDiT: text tokens first, then image tokens).
     img: slice of the image tokens among the queries (and keys for self/joint); txt: slice of the text keys.
     grid: (h, w) of the image tokens; latent_hw: (H, W) of the latent. layer: e.g. "input.4.0" or "double.3".
+    prompt_start: the key of the conditioning's first token (default txt.start; later when the model puts tokens
+    of its own before it inside its forward, as SD3's registers).
     step / sigma: given, or None to read them lazily from the transformer options (`options`).
     roles / conds: per batch row, "source" / "target" / "aux" and True for the conditional pass.
     mask: the model's own attention mask (Flux), or None. Text keys that pad a row's prompt (branches of different
@@ -23,10 +25,11 @@ class AttnCall:
     """
 
     def __init__(self, q, k, v, kind, layer, img, txt, grid, latent_hw, step, sigma, roles, conds, run,
-                 mask=None, block_type=None, block_index=0, options=None):
+                 mask=None, block_type=None, block_index=0, options=None, prompt_start=None):
         self.q, self.k, self.v = q, k, v
         self.kind, self.layer = kind, layer
         self.img, self.txt, self.grid, self.latent_hw = img, txt, grid, latent_hw
+        self.prompt_start = (txt.start if txt is not None else 0) if prompt_start is None else prompt_start
         self._step, self._sigma, self._options = step, sigma, options or {}
         self.roles, self.conds = roles, conds
         self.run = run
@@ -42,7 +45,7 @@ class AttnCall:
         if self._keep is False:
             keys = text_keys_of(self.run)
             self._keep = None if keys is None or not keys.padded or self.txt is None else keys.keep(
-                self.roles, self.conds, self.txt, self.k.shape[2], self.k.device, self.run.store)
+                self.roles, self.conds, self.prompt_start, self.k.shape[2], self.k.device, self.run.store)
         return self._keep
 
     @property
@@ -78,8 +81,10 @@ class AttnCall:
         return keep_bias(keep if rows is None else keep[rows], self.q.dtype)
 
     def text_columns(self, positions, role="target"):
-        """Token positions of a `role` row's prompt (e.g. a word's) -> positions among this call's text keys."""
-        return word_columns(self.run, positions, self.txt.stop - self.txt.start, role)
+        """Token positions of a `role` row's prompt (e.g. a word's) -> positions among this call's text keys (the
+        slice txt): past the text the model puts first, in the conditioning (Flux.2) or in its forward (SD3)."""
+        start = self.prompt_start - self.txt.start
+        return [start + c for c in word_columns(self.run, positions, role)]
 
     @property
     def step(self):

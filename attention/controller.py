@@ -8,11 +8,17 @@ or return a new output for some rows).
 
 CHAIN_KEY = "edit_pack_chain"
 RUN_KEY = "edit_pack_run"
+LATENT_HOOKS_KEY = "edit_pack_latent_hooks"  # model_options: the latent hooks (latent_ops.latent_hooks)
 
 
 class Controller:
     """Base controller: passes everything through."""
     kinds = ("self", "cross", "joint")
+    technique = None  # a technique's name for users, when it acts only inside the pack's samplers
+
+    def idle_without_run(self):
+        """This controller's technique name when it does nothing without the pack's run state, else None."""
+        return self.technique
 
     def wants(self, call):
         return call.kind in self.kinds

@@ -21,6 +21,7 @@ prompt's K/V, queries outside to the empty prompt's K/V, taken from the aux rows
 the Edit Sampler needs an aux branch with the empty prompt. Target uncond rows already attend to the negative.
 Flux joint attention (text tokens first): the preservation restricts the image keys (text keys stay the target's
 own), the extraction swaps the text keys/values for the aux row's; image queries only, text queries stay plain.
+Reference tokens after the image tokens (FLUX.1 Kontext, FLUX.2) stay keys of every region, the row's own.
 Both controllers on one joint call combine (the product of their regions) through a per-call plan.
 """
 import functools
@@ -60,6 +61,15 @@ def _text_region(call, r):
     return call.k[r:r + 1, :, call.txt], call.v[r:r + 1, :, call.txt], call.text_keep(r)
 
 
+def _reference(call, r):
+    """Joint attention: row r's own tokens after the image tokens (FLUX.1 Kontext / FLUX.2 reference latents) as a
+    key region that every CPAM region keeps, so the target never loses its reference image; None without any."""
+    end = call.img.stop
+    if call.kind != "joint" or end >= call.k.shape[2]:
+        return None
+    return call.k[r:r + 1, :, end:], call.v[r:r + 1, :, end:], None
+
+
 def _pairs(call, role, cond_only):
     """(target row, partner row of `role`, image position) for the target rows of the call."""
     per = max(getattr(call.run, "per_branch", 1), 1)
@@ -95,9 +105,10 @@ class _Plan:
             q = call.q[r:r + 1, :, img]
             extra = _row_bias(call, r)
             result = 0
+            reference = _reference(call, r)
             for wi, ki, vi, keepi in self._regions(call, r, "image"):
                 for wt, kt, vt, keept in self._regions(call, r, "text"):
-                    k, v, bias = self._keys(call, (ki, vi, keepi), (kt, vt, keept))
+                    k, v, bias = self._keys(call, (ki, vi, keepi), (kt, vt, keept), reference)
                     att = masked_attention(q, k, v, add_bias(bias, extra))
                     result = result + (wi * wt).to(att.dtype).view(1, 1, -1, 1) * att
             out[r:r + 1, :, img] = result.to(out.dtype)
@@ -119,9 +130,10 @@ class _Plan:
                  None)]
 
     @staticmethod
-    def _keys(call, image, text):
-        """Keys, values (text keys first, the joint layout) and the additive bias of the kept keys (or None)."""
-        parts = [p for p in (text, image) if p[0] is not None]
+    def _keys(call, image, text, reference=None):
+        """Keys, values (text keys first, then image, then reference keys: the joint layout) and the additive bias
+        of the kept keys (or None)."""
+        parts = [p for p in (text, image, reference) if p is not None and p[0] is not None]
         k = torch.cat([p[0] for p in parts], 2) if len(parts) > 1 else parts[0][0]
         v = torch.cat([p[1] for p in parts], 2) if len(parts) > 1 else parts[0][1]
         if all(p[2] is None for p in parts):
@@ -152,6 +164,7 @@ class SelfAttentionPreservation(_CPAMController):
     source_mask: [B, H, W] object mask M_s; target: a TargetMask giving M_t; layers: self_attention_layers(model);
     mode "change" or "remove"; retain_object, step_threshold T, layer_threshold L; plain_fraction, seed.
     """
+    technique = "CPAM Self-Attention Preservation"
     kinds = ("self", "joint")
 
     def __init__(self, source_mask, target, layers, mode="change", retain_object=False, step_threshold=3,
@@ -203,6 +216,7 @@ class SelfAttentionPreservation(_CPAMController):
 class LocalizedCrossAttention(_CPAMController):
     """CPAM localized extraction: target image queries inside M_t attend to the target prompt, outside to the
     empty prompt (the aux rows' text K/V). target: a TargetMask."""
+    technique = "CPAM Localized Cross-Attention"
     kinds = ("cross", "joint")
 
     def __init__(self, target):

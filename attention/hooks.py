@@ -1,4 +1,5 @@
-"""Hook adapters: route every U-Net and Flux MMDiT attention call of a MODEL clone through its controller chain.
+"""Hook adapters: route every U-Net and Flux-family MMDiT (FLUX.1, Kontext, FLUX.2, Chroma) attention call of a
+MODEL clone through its controller chain.
 
 Only ComfyUI's public patch points are used: attn1/attn2 replace patches on U-Net transformer blocks, and
 transformer_options["optimized_attention_override"] plus a DIFFUSION_MODEL wrapper (text length and token
@@ -15,7 +16,9 @@ import contextvars
 import copy
 import logging
 
+import comfy.ldm.chroma.model
 import comfy.ldm.flux.model
+import comfy.model_base
 import comfy.patcher_extension
 from comfy.ldm.modules import attention as comfy_attention
 from comfy.ldm.modules.attention import SpatialTransformer
@@ -23,6 +26,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from .context import AttnCall
 from .controller import CHAIN_KEY, RUN_KEY, chain_of, run_chain
+from .run_check import add_run_check
 from .run_state import MISSING_KEY
 from .text_keys import text_keys_of
 
@@ -50,17 +54,70 @@ class UnsupportedModelError(ValueError):
     pass
 
 
+# Flux-architecture MMDiT classes the hooks serve (text tokens first, then the image tokens, then any reference
+# tokens: FLUX.1 Kontext / FLUX.2 reference latents), with the position of transformer_options among the positional
+# arguments their forward hands the DIFFUSION_MODEL wrappers after (x, timestep, context).
+FLUX_CLASSES = ((comfy.ldm.chroma.model.Chroma, 2), (comfy.ldm.flux.model.Flux, 4))
+
+# Families ComfyUI 0.3.75 runs that the pack refuses (comfy.model_base class, name, why); docs/model_families.md
+# says what support would take. Checked before the supported classes (Chroma Radiance subclasses Chroma).
+REFUSED_FAMILIES = (
+    (comfy.model_base.ChromaRadiance, "Chroma Radiance",
+     "a pixel-space model: its 'latent' is the image itself, which the pack's masks and latent operations do not "
+     "expect"),
+    (comfy.model_base.HiDream, "HiDream", "its attention (image tokens first, per-block Llama-3 text) has no "
+                                          "adapter yet"),
+    (comfy.model_base.HunyuanImage21, "HunyuanImage 2.1", "its joint attention puts the image tokens first and "
+                                                          "pads the text with a mask; no adapter yet"),
+    (comfy.model_base.WAN21, "Wan", "a video model whose text attention is a separate cross-attention over "
+                                    "frame x height x width tokens; no adapter yet"),
+)
+SUPPORTED = ("SD1.x, SD2.x and SDXL U-Nets, FLUX.1 (and Kontext), FLUX.2, Chroma, SD3 / SD3.5, Qwen-Image and "
+             "Lumina 2 / Z-Image")
+
+
+def family_name(model):
+    """The family a MODEL belongs to, in words, for messages: 'FLUX.2', 'Chroma', 'SD1.x/SD2.x/SDXL U-Net', ..."""
+    base = getattr(model, "model", None)
+    for cls, name in ((comfy.model_base.Flux2, "FLUX.2"), (comfy.model_base.ChromaRadiance, "Chroma Radiance"),
+                      (comfy.model_base.Chroma, "Chroma"), (comfy.model_base.Flux, "FLUX.1")):
+        if isinstance(base, cls):
+            return name
+    for cls, name, _ in REFUSED_FAMILIES:
+        if isinstance(base, cls):
+            return name
+    dm = getattr(base, "diffusion_model", None)
+    from .dit_families import family_of
+    if family_of(dm) is not None:
+        return family_of(dm).label
+    return "SD1.x/SD2.x/SDXL U-Net" if isinstance(dm, UNetModel) else type(dm if dm is not None else model).__name__
+
+
 def model_family(model):
-    """'unet' for U-Net models (SD1.x, SD2.x, SDXL), 'dit' for Flux-family MMDiT; otherwise a clear error."""
-    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
+    """'unet' for U-Net models (SD1.x, SD2.x, SDXL), 'dit' for Flux-family MMDiT (FLUX.1, Kontext, FLUX.2,
+    Chroma) and the joint-attention families of attention/dit_families.py (SD3/SD3.5, Qwen-Image, Lumina 2 /
+    Z-Image); otherwise a clear error naming the family."""
+    from .dit_families import family_of
+    base = getattr(model, "model", None)
+    for cls, name, why in REFUSED_FAMILIES:
+        if isinstance(base, cls):
+            raise UnsupportedModelError(
+                f"model: {name} is not supported by the edit pack ({why}); it supports {SUPPORTED}. "
+                f"See docs/model_families.md.")
+    dm = getattr(base, "diffusion_model", None)
     if isinstance(dm, UNetModel):
         return "unet"
-    if isinstance(dm, comfy.ldm.flux.model.Flux):
+    if isinstance(dm, tuple(cls for cls, _ in FLUX_CLASSES)) or family_of(dm) is not None:
         return "dit"
     name = type(dm).__name__ if dm is not None else type(model).__name__
     raise UnsupportedModelError(
-        f"model: the edit pack patches U-Net (SD1.x, SD2.x, SDXL) and Flux-family MMDiT models; this MODEL's "
-        f"diffusion model is {name}. Load a supported checkpoint.")
+        f"model: the edit pack patches {SUPPORTED}; this MODEL's diffusion model is {name}. "
+        f"Load a supported checkpoint.")
+
+
+def flux_options_index(diffusion_model):
+    """Where transformer_options sits among a Flux-family forward's positional arguments after (x, t, context)."""
+    return next(index for cls, index in FLUX_CLASSES if isinstance(diffusion_model, cls))
 
 
 def _roles(options, batch):
@@ -179,16 +236,20 @@ def unet_transformer_blocks(diffusion_model):
 
 
 def self_attention_layers(model):
-    """Names of the model's self-attention (U-Net) or joint-attention (Flux) layers, in forward order."""
+    """Names of the model's self-attention (U-Net) or joint-attention (MMDiT) layers, in forward order."""
+    from .dit_families import family_of
     if model_family(model) == "unet":
         return tuple(f"{b}.{n}.{i}" for b, n, i in unet_transformer_blocks(model.model.diffusion_model))
     dm = model.model.diffusion_model
+    if family_of(dm) is not None:
+        return family_of(dm).joint_layers(dm)
     return tuple(f"double.{i}" for i in range(len(dm.double_blocks))) + \
         tuple(f"single.{i}" for i in range(len(dm.single_blocks)))
 
 
 def dit_attention_override(func, *args, **kwargs):
-    """optimized_attention_override for Flux: joint attention (text tokens first) through the chain."""
+    """optimized_attention_override for the Flux family: joint attention through the chain. Layout: text tokens,
+    image tokens, then any reference tokens (Kontext / FLUX.2 reference latents), which are not in call.img."""
     if _IN_FOREIGN.get():  # called back by another node's override that chains to this one: the plain kernel
         return func(*args, **kwargs)
     options = kwargs.get("transformer_options") or {}
@@ -263,24 +324,26 @@ class ReassertHooks(_Wrapper):
             if options is not None:
                 self.unet(options)
         else:
-            options = _call_options(args, kwargs, 4)
+            options = _call_options(args, kwargs, flux_options_index(dm))
             if options is not None:
                 self.dit(options)
-                p = dm.patch_size
-                options[DIT_INFO_KEY] = (context.shape[1], (x.shape[-2] + p // 2) // p,
-                                         (x.shape[-1] + p // 2) // p, tuple(x.shape[-2:]))
+                # the text length as the model sees it: FLUX.2's prompts arrive left-padded to 512 tokens
+                # (Flux2.extra_conds); word positions must be shifted by that padding (per-branch conditioning)
+                p = dm.patch_size  # the model pads the latent up to whole patches
+                options[DIT_INFO_KEY] = (context.shape[1], -(-x.shape[-2] // p), -(-x.shape[-1] // p),
+                                         tuple(x.shape[-2:]))
         return executor(x, timestep, context, *args, **kwargs)
 
     def note(self, what):
         self.tell(logging.INFO, f"{what}; the pack's hook now wraps it, so both apply")
 
-    def dit(self, options):
+    def dit(self, options, override=dit_attention_override):
         current = options.get("optimized_attention_override")
-        if current is not dit_attention_override:
+        if current is not override:
             if current is not None:
                 self.note("a node applied after the pack set optimized_attention_override")
             options[PREV_OVERRIDE_KEY] = current
-            options["optimized_attention_override"] = dit_attention_override
+            options["optimized_attention_override"] = override
 
     def unet(self, options):
         replace = options.get("patches_replace") or {}
@@ -340,6 +403,8 @@ def install_hooks(model):
     options = model.model_options.setdefault("transformer_options", {})
     if options.get(HOOKED_KEY):
         return family
+    from . import dit_families
+    wrap = comfy.patcher_extension.WrappersMP
     if family == "unet":
         replace = options.get("patches_replace", {})
         keys = unet_transformer_blocks(model.model.diffusion_model)
@@ -349,13 +414,18 @@ def install_hooks(model):
                 existing = replace.get(attn, {}).get((block, number, index))
                 if not isinstance(existing, UNetAttnHook):
                     setter(UNetAttnHook(kind, existing), block, number, index)
+        wrapper = wrap.DIFFUSION_MODEL, ReassertHooks(keys)
     else:
-        keys = ()
         if "optimized_attention_override" in options:
             options[PREV_OVERRIDE_KEY] = options["optimized_attention_override"]
-        options["optimized_attention_override"] = dit_attention_override
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, ReassertHooks(keys))
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, RerunSplitPasses())
+        if dit_families.family_of(model.model.diffusion_model) is None:  # Flux
+            options["optimized_attention_override"] = dit_attention_override
+            wrapper = wrap.DIFFUSION_MODEL, ReassertHooks()
+        else:  # SD3/SD3.5, Qwen-Image, Lumina 2 / Z-Image (SD3 has no DIFFUSION_MODEL wrapper point)
+            options["optimized_attention_override"] = dit_families.family_attention_override
+            wrapper = wrap.APPLY_MODEL, dit_families.FamilyHooks()
+    model.add_wrapper_with_key(wrapper[0], WRAPPER_KEY, wrapper[1])
+    model.add_wrapper_with_key(wrap.CALC_COND_BATCH, WRAPPER_KEY, RerunSplitPasses())
     model.model_options["transformer_options"][HOOKED_KEY] = True  # set_model_attn*_replace swaps the dict
     return family
 
@@ -365,4 +435,5 @@ def with_controller(model, controller):
     clone = model.clone()
     install_hooks(clone)
     clone.model_options["transformer_options"][CHAIN_KEY] = chain_of(model) + (controller,)
+    add_run_check(clone)
     return clone

@@ -47,6 +47,7 @@ class KVMix(Controller):
     cond call of the same evaluation kept, and is re-run after it if it came first), "cache" from run.store["kv_cache"][(step, layer)] written by an Invert with cache_kv.
     layers: None for every self (U-Net) / joint (MMDiT) attention layer, else a collection of layer names.
     """
+    technique = "KV-Mix"
     kinds = ("self", "joint")
 
     def __init__(self, mask, delta=0.9, inject=5, edit_type="change", source="batch", layers=None):

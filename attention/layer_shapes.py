@@ -3,6 +3,7 @@ structure and a latent size: what a K/V cache of those layers holds, known befor
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 
+from .dit_families import family_of, layer_shapes
 from .hooks import model_family
 
 
@@ -30,8 +31,10 @@ def self_attention_shapes(model, latent_hw):
     dm = model.model.diffusion_model
     if model_family(model) == "unet":
         return _unet_shapes(dm, latent_hw)
-    p = dm.patch_size
-    tokens = ((latent_hw[0] + p // 2) // p) * ((latent_hw[1] + p // 2) // p)
+    if family_of(dm) is not None:  # SD3/SD3.5, Qwen-Image, Lumina 2 / Z-Image
+        return layer_shapes(family_of(dm), dm, latent_hw)
+    p = dm.patch_size  # the model pads the latent up to whole patches; reference tokens (Kontext) are not cached
+    tokens = -(-latent_hw[0] // p) * -(-latent_hw[1] // p)
     names = [f"double.{i}" for i in range(len(dm.double_blocks))] + \
         [f"single.{i}" for i in range(len(dm.single_blocks))]
     return {name: (tokens, dm.hidden_size) for name in names}

@@ -63,8 +63,8 @@ def paper_layers(names, mode, family):
     """The paper's layers: value (RF-Solver-Edit) = Flux single blocks 20/38 on, U-Net decoder self-attention;
     key+value (MasaCtrl) = all self-attention (U-Net) / joint (Flux) layers from 10/16 of them on."""
     if mode == "value":
-        if family == "dit":
-            singles = group_layers(names, GROUPS[2])
+        if family == "dit":  # SD3 / Qwen-Image have no single blocks: the same share of their joint layers
+            singles = group_layers(names, GROUPS[2]) or names
             return tuple(singles[scaled(RF_EDIT_SINGLE, len(singles)):])
         return group_layers(names, GROUPS[2])
     return tuple(names[scaled(MASACTRL_LAYER, len(names)):])
@@ -91,6 +91,7 @@ class SourceInjection(Controller):
 
     start / end None: the paper's range for the mode, scaled to the Edit Sampler's step count (paper_steps).
     """
+    technique = "Source Attention Injection"
     kinds = ("self", "joint")
 
     def __init__(self, mode, layers, start=None, end=None):

@@ -27,11 +27,15 @@ class UniformAttention(Controller):
     uniform maps), whatever `branches` says.
     """
     kinds = ("cross", "joint")
+    technique = "Uniform Attention Maps"
 
     def __init__(self, branches="aux", during_inversion=True):
         if branches not in BRANCH_CHOICES:
             raise ValueError(f"branches must be one of {BRANCH_CHOICES}, got {branches!r}")
         self.branches, self.during_inversion = branches, bool(during_inversion)
+
+    def idle_without_run(self):  # "all" and "target" act on every row of a plain sampler's batch
+        return self.technique if self.branches in ("aux", "source") else None
 
     def chosen_rows(self, call):
         phase = call.run.phase if call.run is not None else "sample"

@@ -41,7 +41,7 @@ def _graph(denoiser, case, image_name, steps, patch=None, invert_with="source", 
                  target_cfg=CFG[denoiser] if target_cfg is None else target_cfg, source_mode=source_mode,
                  source_cfg=1.0, start_step=start_step, negative=enc["empty"], source_positive=enc[invert_with],
                  **extra)
-    edited = g.add("VAEDecode", samples=edit[0], vae=m[2])
+    edited = _pasted(g, ctx, g.add("VAEDecode", samples=edit[0], vae=m[2]))
     recon = g.add("VAEDecode", samples=edit[1], vae=m[2]) if source_mode == "reconstruct" else None
     for image_node in (edited, recon):
         if image_node is not None:  # an output node, so ComfyUI executes the graph
@@ -49,8 +49,16 @@ def _graph(denoiser, case, image_name, steps, patch=None, invert_with="source", 
     return g.prompt, edited.id, recon.id if recon else None
 
 
+def _pasted(g, ctx, decoded):
+    """The decoded edit, or (Keep Outside Mask with paste=True) the source's pixels pasted outside its mask."""
+    if ctx.get("paste_mask") is None:
+        return decoded
+    return g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=ctx["image"], mask=ctx["paste_mask"],
+                 **workflows.PASTE)
+
+
 def _decoded(g, ctx, samples):
-    edited = g.add("VAEDecode", samples=samples, vae=ctx["vae"])
+    edited = _pasted(g, ctx, g.add("VAEDecode", samples=samples, vae=ctx["vae"]))
     g.add("PreviewImage", images=edited[0])
     return g.prompt, edited.id, None
 
@@ -84,12 +92,14 @@ def _flowedit(patch=None, **overrides):
     return build
 
 
-def _keep(technique=None, mask="exact", **keep):
+def _keep(technique=None, mask="exact", paste=False, **keep):
     """`technique`'s MODEL patch followed by Keep Outside Mask with ctx["mask"] (the exact edit mask unless the
-    technique replaced it) or ("attention") a mask from attention."""
+    technique replaced it) or ("attention") a mask from attention; paste: the decoded edit then gets the source's
+    pixels outside the same mask (Paste Source Outside Mask)."""
     def patch(g, ctx):
         model = technique(g, ctx) if technique else ctx["model"]
         chosen = ctx["mask"] if mask == "exact" else workflows.attention_mask(g, ctx)
+        ctx["paste_mask"] = chosen if paste else None
         return workflows.keep_outside(g, model, chosen, **keep)
     return patch
 
@@ -186,6 +196,10 @@ METHODS = {
     "flowedit_cpam": _flowedit(workflows.cpam_patch, aux=True),
     "flowedit_keep_attention_mask": _flowedit(_keep(mask="attention")),
     "flowedit_keep_exact_mask": _flowedit(_keep(), **FLOWEDIT_MASKED),
+    # ... then the source's own pixels pasted back outside the same mask
+    "keep_exact_mask_paste": lambda d, c, i, s: _graph(d, c, i, s, patch=_keep(paste=True)),
+    "flowedit_keep_attention_mask_paste": _flowedit(_keep(mask="attention", paste=True)),
+    "flowedit_keep_exact_mask_paste": _flowedit(_keep(paste=True), **FLOWEDIT_MASKED),
 }
 
 

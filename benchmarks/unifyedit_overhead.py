@@ -9,6 +9,9 @@ mark is reset after set-up via /proc/self/clear_refs, so ComfyUI's import-time p
 elsewhere the process's max RSS), and on CUDA torch.cuda.max_memory_allocated (total, and above what was allocated
 before the run).
 
+It ends with the computed peak memory of an optimisation step on SDXL at 1024 px (benchmarks/unifyedit_memory.py;
+--skip-estimate leaves it out).
+
     .venv/bin/python benchmarks/unifyedit_overhead.py [--cases 2] [--threads 1] [--steps 20] [--repeats 3]
     .venv/bin/python benchmarks/unifyedit_overhead.py --sd15-random [--size 64]   # SD1.5-size U-Net, random
                                                      # weights (fp16 on a GPU), 512x512; CPU smoke:
@@ -39,6 +42,7 @@ def parse_args(argv=None):
                    help="UnifyEdit settings: a benchmarks/unifyedit_sweep.py variant name (default: node defaults)")
     add_timing_args(p, steps=20, clock="wall")
     p.add_argument("--skip-memory", action="store_true", help="time only (no subprocesses)")
+    p.add_argument("--skip-estimate", action="store_true", help="no SDXL 1024 px peak-memory estimate")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--case-index", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -210,6 +214,10 @@ def main(argv=None):
               f"{fmt('cuda_work_ratio', '11.2f'):>11}"
               + ("" if finite else "  (non-finite output)"), flush=True)
         del work, models
+    if not args.skip_estimate:
+        import unifyedit_memory
+        for line in unifyedit_memory.report():
+            print("# " + line)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"settings": settings, "steps": args.steps, "results": results},

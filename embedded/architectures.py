@@ -1,6 +1,8 @@
-"""Builders for small ComfyUI models (U-Net eps/v and Flux MMDiT) used by the embedded default and the tests.
+"""Builders for small ComfyUI models (U-Net eps/v; Flux-family MMDiT: FLUX.1, FLUX.2, Chroma; SD3, Qwen-Image and
+Lumina 2 / Z-Image for the tests) for the embedded default and the tests.
 
-Every model is a stock ComfyUI class (comfy.model_base.BaseModel / SDXL / Flux) wrapped in a stock
+Every model is a stock ComfyUI class (comfy.model_base.BaseModel / SDXL / Flux / Flux2 / Chroma / SD3 / QwenImage /
+Lumina2) wrapped in a stock
 ModelPatcher, so every ComfyUI node and every patch point treats it exactly like a real checkpoint.
 """
 import torch
@@ -25,6 +27,11 @@ class SmallLatentFormat(comfy.latent_formats.LatentFormat):
 
     def process_out(self, latent):
         return latent / self.scale_factor + self.shift_factor
+
+
+class SmallVideoLatentFormat(SmallLatentFormat):
+    """The same, for models that take [B, C, T, H, W] latents (Qwen-Image: ComfyUI adds the T axis itself)."""
+    latent_dimensions = 3
 
 
 class SmallModelConfig(comfy.supported_models_base.BASE):
@@ -70,6 +77,63 @@ def flux_config(context_dim=32, pooled_dim=32, hidden_size=64, heads=4, double_b
     }
 
 
+def flux2_config(context_dim=32, hidden_size=64, heads=4, double_blocks=2, single_blocks=2, patch_size=1):
+    """A FLUX.2-architecture config (ComfyUI's "flux2" detection: global modulation, SiLU-gated MLPs, no biases,
+    no pooled vector, 4 RoPE axes, reference latents by index) over a 4-channel latent; FLUX.2 uses 1x1 patches."""
+    axis = hidden_size // heads // 4
+    return {
+        "image_model": "flux2", "in_channels": 4, "out_channels": 4, "vec_in_dim": None,
+        "context_in_dim": context_dim, "hidden_size": hidden_size, "mlp_ratio": 3.0, "num_heads": heads,
+        "depth": double_blocks, "depth_single_blocks": single_blocks, "axes_dim": [axis] * 4, "theta": 2000,
+        "patch_size": patch_size, "qkv_bias": False, "guidance_embed": True, "global_modulation": True,
+        "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0,
+        "dtype": torch.float32,
+    }
+
+
+def chroma_config(context_dim=32, hidden_size=64, heads=4, double_blocks=2, single_blocks=2, patch_size=2):
+    """A Chroma config (ComfyUI's "chroma" detection: Flux blocks without per-block modulation, an approximator
+    that makes every modulation vector from timestep and guidance) over a 4-channel latent. The approximator's input
+    is 64 wide (16 + 16 timestep/guidance features + 32 index features), as in ComfyUI's Chroma."""
+    head_dim = hidden_size // heads
+    axes = [head_dim - 2 * (head_dim // 8 * 3), head_dim // 8 * 3, head_dim // 8 * 3]
+    channels = 4 * patch_size * patch_size  # Chroma's img_in takes whole patches
+    return {
+        "image_model": "chroma", "in_channels": channels, "out_channels": channels, "context_in_dim": context_dim,
+        "hidden_size": hidden_size, "mlp_ratio": 4.0, "num_heads": heads, "depth": double_blocks,
+        "depth_single_blocks": single_blocks, "axes_dim": axes, "theta": 10000, "patch_size": patch_size,
+        "qkv_bias": True, "in_dim": 64, "out_dim": hidden_size, "hidden_dim": 32, "n_layers": 2,
+        "dtype": torch.float32,
+    }
+
+
+def refused_family_configs(context_dim=32):
+    """Tiny configs of the families ComfyUI 0.3.75 runs and the pack refuses ({kind: (comfy.model_base class name,
+    config)}): enough to build the model and check the refusal; they are never sampled."""
+    radiance = dict(chroma_config(context_dim, patch_size=16), image_model="chroma_radiance", in_channels=3,
+                    out_channels=3, nerf_hidden_size=16, nerf_mlp_ratio=2, nerf_depth=1, nerf_max_freqs=4,
+                    nerf_tile_size=0, nerf_final_head_type="linear", nerf_embedder_dtype=None)
+    return {
+        "chroma_radiance": ("ChromaRadiance", radiance),
+        "hidream": ("HiDream", {
+            "image_model": "hidream", "patch_size": 2, "in_channels": 4, "out_channels": 4, "num_layers": 1,
+            "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
+            "caption_channels": [context_dim, context_dim], "text_emb_dim": context_dim, "num_routed_experts": 2,
+            "num_activated_experts": 1, "axes_dims_rope": (8, 8), "max_resolution": (32, 32), "llama_layers": [0],
+            "dtype": torch.float32}),
+        "hunyuan_image21": ("HunyuanImage21", {
+            "image_model": "hunyuan_video", "in_channels": 4, "out_channels": 4, "vec_in_dim": None,
+            "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 4, "depth": 1,
+            "depth_single_blocks": 1, "axes_dim": [8, 8], "theta": 256, "patch_size": [1, 1], "qkv_bias": True,
+            "guidance_embed": False, "byt5": False, "meanflow": False, "use_cond_type_embedding": False,
+            "vision_in_dim": None, "dtype": torch.float32}),
+        "wan21": ("WAN21", {
+            "image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "text_len": 8, "in_dim": 4,
+            "dim": 32, "ffn_dim": 64, "freq_dim": 32, "text_dim": context_dim, "out_dim": 4, "num_heads": 2,
+            "num_layers": 1, "dtype": torch.float32}),
+    }
+
+
 def init_weights_(module, seed):
     """Explicitly initialise every parameter (ComfyUI layers skip init): scaled normals, unit norm gains."""
     gen = torch.Generator().manual_seed(seed)
@@ -105,10 +169,85 @@ def build_unet(config, state_dict=None, prediction="eps", latent_scale=1.0, late
     return _patcher(cls(model_config, model_type=model_type), state_dict, seed)
 
 
+FLUX_BASES = {"flux": comfy.model_base.Flux, "flux2": comfy.model_base.Flux2, "chroma": comfy.model_base.Chroma}
+
+
 def build_flux(config, state_dict=None, latent_scale=1.0, latent_shift=0.0, shift=1.0, seed=0):
-    """A ModelPatcher around comfy.model_base.Flux (rectified flow, CONST sampling)."""
+    """A ModelPatcher around comfy.model_base.Flux, Flux2 or Chroma (by the config's image_model; rectified flow,
+    CONST sampling)."""
     model_config = SmallModelConfig(config, latent_scale, latent_shift, {"shift": shift})
-    return _patcher(comfy.model_base.Flux(model_config), state_dict, seed)
+    return _patcher(FLUX_BASES[config.get("image_model", "flux")](model_config), state_dict, seed)
+
+
+def build_refused(kind, context_dim=32, seed=0):
+    """A ModelPatcher around the comfy.model_base class of a refused family (refused_family_configs)."""
+    base, config = refused_family_configs(context_dim)[kind]
+    return _patcher(getattr(comfy.model_base, base)(SmallModelConfig(config)), None, seed)
+
+
+def sd3_config(context_dim=32, pooled_dim=32, depth=3, dual_attention_layers=(0,), patch_size=2, max_tokens=16):
+    """An SD3-architecture MMDiT config (hidden 64 x depth, depth heads, as SD3 ties them); SD3.5 Medium-style
+    dual attention (an image-only second attention) in `dual_attention_layers`."""
+    return {
+        "in_channels": 4, "out_channels": 4, "patch_size": patch_size, "depth": depth,
+        "adm_in_channels": pooled_dim, "pos_embed_max_size": max_tokens, "num_patches": max_tokens ** 2,
+        "pos_embed_scaling_factor": None, "qk_norm": "rms", "x_block_self_attn_layers": list(dual_attention_layers),
+        "context_embedder_config": {"target": "torch.nn.Linear",
+                                    "params": {"in_features": context_dim, "out_features": 64 * depth}},
+        "dtype": torch.float32,
+    }
+
+
+def qwen_image_config(context_dim=32, layers=2, heads=4, head_dim=16):
+    """A Qwen-Image-architecture config over a 4-channel latent (2x2 patches packed into 16 input channels)."""
+    axes = [head_dim - 2 * (head_dim // 8 * 3), head_dim // 8 * 3, head_dim // 8 * 3]
+    return {
+        "image_model": "qwen_image", "patch_size": 2, "in_channels": 16, "out_channels": 4, "num_layers": layers,
+        "attention_head_dim": head_dim, "num_attention_heads": heads, "joint_attention_dim": context_dim,
+        "axes_dims_rope": axes, "dtype": torch.float32,
+    }
+
+
+def lumina2_config(context_dim=32, dim=64, heads=4, kv_heads=2, layers=2, refiner_layers=1, z_image=False):
+    """A Lumina 2 NextDiT config (grouped K/V heads); z_image: Z-Image's variant (full K/V heads, its modulation,
+    time scale 1000, caption and image tokens padded to a multiple of 32; its modulation needs dim >= 256)."""
+    dim = max(dim, 256) if z_image else dim
+    head_dim = dim // heads
+    axes = [head_dim - 2 * (head_dim // 8 * 3), head_dim // 8 * 3, head_dim // 8 * 3]
+    config = {
+        "image_model": "lumina2", "patch_size": 2, "in_channels": 4, "dim": dim, "n_layers": layers,
+        "n_refiner_layers": refiner_layers, "n_heads": heads, "n_kv_heads": kv_heads, "multiple_of": 16,
+        "ffn_dim_multiplier": 4.0, "qk_norm": True, "cap_feat_dim": context_dim, "axes_dims": axes,
+        "axes_lens": [300, 64, 64], "rope_theta": 10000.0, "dtype": torch.float32,
+    }
+    if z_image:
+        config.update(n_kv_heads=heads, ffn_dim_multiplier=8.0 / 3.0, rope_theta=256.0, z_image_modulation=True,
+                      time_scale=1000.0, pad_tokens_multiple=32)
+    return config
+
+
+# model_base class, latent format, sampling settings (ComfyUI's supported_models) of each joint-attention family
+FAMILY_MODELS = {
+    "sd3": (comfy.model_base.SD3, SmallLatentFormat, {"shift": 3.0}),
+    "qwen_image": (comfy.model_base.QwenImage, SmallVideoLatentFormat, {"multiplier": 1.0, "shift": 1.15}),
+    "lumina2": (comfy.model_base.Lumina2, SmallLatentFormat, {"multiplier": 1.0, "shift": 6.0}),
+    "z_image": (comfy.model_base.Lumina2, SmallLatentFormat, {"multiplier": 1.0, "shift": 3.0}),
+}
+
+
+def build_family(family, config, state_dict=None, seed=0):
+    """A ModelPatcher around ComfyUI's model class of `family` (a key of FAMILY_MODELS), flow sampling."""
+    cls, latent_format, sampling = FAMILY_MODELS[family]
+    model_config = SmallModelConfig(config, sampling_settings=sampling)
+    model_config.latent_format = latent_format()
+    model = cls(model_config)
+    if state_dict is None:  # buffers ComfyUI leaves empty (SD3's positional embedding table)
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for b in model.diffusion_model.buffers():
+                if b.is_floating_point():
+                    b.copy_(0.5 * torch.randn(b.shape, generator=gen))
+    return _patcher(model, state_dict, seed)
 
 
 def sd15_unet_config(dtype=torch.float32):

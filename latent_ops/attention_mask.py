@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention.controller import RUN_KEY, Controller
-from ..attention.hooks import model_family, with_controller
+from ..attention.hooks import model_family, self_attention_layers, with_controller
 from ..attention.masked import as_4d
 from ..attention.run_state import RunState
 from .conditioning import text_layout
@@ -35,9 +35,10 @@ def _flat_tokens(tokenized, key):
 
 
 def tokenizer_key(tokenized, family):
-    """Which tokenizer's tokens make up the MODEL's text sequence: T5 for Flux, CLIP-L (or the only one) else."""
+    """Which tokenizer's tokens make up the MODEL's text sequence: T5 for Flux, CLIP-L (or the only one) else (SD3:
+    the CLIP-L/G tokens come first in its text sequence, at their tokenized positions, then T5's)."""
     keys = list(tokenized)
-    for key in (("t5xxl", "l") if family == "dit" else ("l", "g")):
+    for key in (("t5xxl", "l") if family in ("dit", "flux") else ("l", "g")):
         if key in tokenized:
             return key
     if len(keys) == 1:
@@ -158,20 +159,21 @@ class WordAttention(Controller):
         return out
 
 
-def last_double_block(model):
-    return f"double.{len(model.model.diffusion_model.double_blocks) - 1}"
-
-
 DIT_LAYERS = ("all double blocks", "last double block")
 
 
 def double_blocks(model, which):
-    """Joint-attention layer names of the MMDiT blocks whose maps are averaged."""
+    """Joint-attention layer names of the MMDiT blocks whose maps are averaged: the dual-stream ("double") blocks of
+    Flux, SD3/SD3.5 and Qwen-Image; on Lumina 2 / Z-Image (single-stream joint layers only) those layers."""
     if which not in DIT_LAYERS:
         raise ValueError(f"layers must be one of {DIT_LAYERS}, got {which!r}")
-    if which == "last double block":
-        return [last_double_block(model)]
-    return [f"double.{i}" for i in range(len(model.model.diffusion_model.double_blocks))]
+    names = self_attention_layers(model)
+    names = [n for n in names if n.startswith("double.")] or list(names)
+    return names[-1:] if which == "last double block" else names
+
+
+def last_double_block(model):
+    return double_blocks(model, DIT_LAYERS[1])[0]
 
 
 def word_attention_map(model, latent, positive, positions, seed=0, dit_layers="all double blocks"):

@@ -32,10 +32,17 @@ def ramp_quantile(q, step, total_steps):
 
 
 def dilate(mask, radius=1):
-    """Binary dilation of mask [B, C, H, W] per channel by a (2r+1)x(2r+1) square (max-pool, stride 1)."""
+    """Binary dilation of mask [B, C, (T,) H, W] per channel (and frame) by a (2r+1)x(2r+1) square."""
     if radius <= 0:
         return mask
-    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+    flat = mask.reshape(-1, 1, *mask.shape[-2:])
+    return F.max_pool2d(flat, 2 * radius + 1, stride=1, padding=radius).reshape(mask.shape)
+
+
+def broadcast_to_latent(mask, x):
+    """A [n, 1, h, w] mask shaped to broadcast over a latent [n, C, h, w] or [n, C, T, h, w] (Qwen-Image's
+    video-format latent)."""
+    return mask.reshape(mask.shape[0], 1, *([1] * (x.ndim - 4)), *mask.shape[-2:])
 
 
 def adaptive_mask(x0_into, x0_source, q, threshold_scale=1.0, radius=1):
@@ -96,6 +103,8 @@ class BlendHook(LatentHook):
     estimate as the new denoised value.
     """
 
+    technique = "Blend"
+
     def __init__(self, mode="adaptive", into="target", fill="aux", quantile=0.5, threshold_scale=1.0, radius=1,
                  gate=math.inf, flow=False, mask=None, keep_noise=True, key=MASKS_KEY):
         if mode not in MODES:
@@ -116,7 +125,7 @@ class BlendHook(LatentHook):
     def step_mask(self, run, den):
         into = den[branch_rows(run, self.into, "Blend into")]
         if self.mode == "fixed_mask":
-            return resize_mask(self.mask.to(den.device), den.shape[-2:], into.shape[0])
+            return broadcast_to_latent(resize_mask(self.mask.to(den.device), den.shape[-2:], into.shape[0]), den)
         source = den[branch_rows(run, "source", "Blend (adaptive)")]
         q = ramp_quantile(self.quantile, run.step or 0, run.total_steps)
         mask = adaptive_mask(into, source, q, self.threshold_scale, self.radius)

@@ -69,8 +69,7 @@ class BranchControl:
             index = selector(rows, x_noisy.device, run.store)
             own = {k: _take(v, index, batch) for k, v in cond.items()}
             context = own.get("c_crossattn")
-            ends = {self.text_keys.end(branch, conds[r], context.shape[1]) for r in rows} \
-                if torch.is_tensor(context) else ()
+            ends = {self.text_keys.end(branch, conds[r]) for r in rows} if torch.is_tensor(context) else ()
             if len(ends) == 1:  # the prompt without the zeros that pad it
                 own["c_crossattn"] = context[:, :ends.pop()]
             part = control.get_control(x_noisy[index], t[index], own, batched_number, transformer_options)

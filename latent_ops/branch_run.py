@@ -3,7 +3,7 @@ run state, per-branch CFG (chained with the MODEL's own sampler_cfg_function), t
 out as one batch (prompts padded to one length, the padding masked out of attention), and each branch's own model
 inputs and ControlNet on its rows."""
 from ..attention.controller import RUN_KEY
-from ..attention.hooks import install_hooks
+from ..attention.hooks import install_hooks, model_family
 from .branch_cfg import BranchCFG
 from .branch_control import branch_control
 from .branch_inputs import apply_branch_inputs
@@ -12,6 +12,7 @@ from .conditioning import lay_out
 
 def prepare_branches(model, run, conds, scales, negative):
     """(clone, positive, negative, guider cfg) for the branches run.branches with these conditionings and scales."""
+    model_family(model)  # a family the pack refuses is refused here too, by name
     names = [f"{r} conditioning" for r in run.branches]
     cfg = BranchCFG(scales, run.per_branch, model.model_options.get("sampler_cfg_function"))
     if cfg.guider_cfg() != 1.0 and negative is None:

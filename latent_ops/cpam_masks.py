@@ -71,7 +71,7 @@ class TargetMask:
         bad = [t for t in self.tokens if t >= maps.shape[1]]
         if bad:
             raise ValueError(f"mask_tokens: positions {bad} exceed the prompt's {maps.shape[1]} tokens")
-        columns = word_columns(run, self.tokens, maps.shape[1])  # shifted by text the model puts first (Flux.2)
+        columns = word_columns(run, self.tokens)  # shifted by text the model puts first (Flux.2)
         region = maps[index(rows)][:, index(columns)].sum(1)  # [n_target, H, W]
         region = region / region.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
         return (region >= self.threshold).float()

@@ -8,6 +8,7 @@ Below n_min, plain sampling of the target continues from Z's noised state. d = (
 direction (the velocity on flow models, eps on eps/v models: ComfyUI samples both as x = x0 + s * noise-like
 ODEs, so the same coupling holds; noise(.) is the model's own noise_scaling).
 """
+import comfy.model_management
 import torch
 
 from ..attention.run_state import RunState
@@ -47,7 +48,7 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
     hooks = latent_hooks_of(model)
     generator = torch.Generator().manual_seed(int(seed))
     first, last_ode = steps - n_max, steps - n_min
-    progress = StepProgress(steps - first)
+    progress = StepProgress(steps - first, clone)
 
     def noise_like(x):
         return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x)
@@ -85,9 +86,10 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
             for h in hooks:
                 state = h.after_step(run, state, i - first)
             z = state[n:2 * n]
-            progress.tick()
+            progress.tick(z)  # Z is the edited clean latent while the ODE runs
         return torch.cat([x_src] + [z] * (len(roles) - 1))
 
     out = run_guided(clone, positive, negative, guider_cfg, torch.cat([latent] * len(roles)), sigmas, loop, seed)
+    out = out.to(comfy.model_management.intermediate_device())
     run.phase = "done"
     return {role: out[i * n:(i + 1) * n] for i, role in enumerate(roles)}, run

@@ -4,6 +4,7 @@ import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
+import latent_preview
 import torch
 
 from .solvers import sigma_tensor
@@ -42,11 +43,18 @@ def is_flow(model):
 
 
 class StepProgress:
-    """ComfyUI progress bar plus interruption check, once per step."""
+    """ComfyUI progress bar plus interruption check, once per step; with a MODEL, the step's latent preview (as
+    KSampler shows it, by ComfyUI's own previewer for the --preview-method in use)."""
 
-    def __init__(self, total):
+    def __init__(self, total, model=None):
         self.bar = comfy.utils.ProgressBar(total)
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format) \
+            if model is not None else None
 
-    def tick(self):
+    def tick(self, x0=None):
+        """One step done; x0: its predicted clean latent (model space) to preview, if any."""
         comfy.model_management.throw_exception_if_processing_interrupted()
-        self.bar.update(1)
+        preview = None
+        if self.previewer is not None and x0 is not None:
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0)
+        self.bar.update_absolute(self.bar.current + 1, self.bar.total, preview)

@@ -6,6 +6,7 @@ import comfy.samplers
 import torch
 
 from ..attention.controller import RUN_KEY
+from ..attention.hooks import model_family
 from ..attention.indexing import INDEX_KEY
 from ..attention.token_masks import TOKENS_KEY
 from ..attention.run_state import EVAL_KEY, MISSING_KEY, PARTNER_KEY, SPLIT_KEY, RunState
@@ -77,6 +78,7 @@ def invert(model, latent, positive, negative=None, cfg=1.0, steps=15, scheduler=
     capture_steps: sampling-step indices at which the MODEL's capture controllers record, in a replay pass over
     the stored trajectory (exactly what the replayed source branch sees when editing).
     """
+    model_family(model)  # a family the pack refuses is refused here too, by name
     flow = is_flow(model)
     solver = default_solver(model) if solver == "auto" else solver
     stepper = Stepper(solver, flow)

@@ -5,6 +5,7 @@ z~ = std(R) * (z - mean(z)) / std(z) + mean(R), statistics per image and channel
 exactly and beta = 0 is the identity.
 """
 import torch
+from .blend import broadcast_to_latent
 from .masks import resize
 
 EPS = 1e-5
@@ -30,6 +31,7 @@ def latents_shift(z, mask, beta=0.25, seed=0, eps=EPS):
         raise ValueError(f"mask: it has batch {mask.shape[0]}, the inversion {z.shape[0]}; give one mask or one "
                          f"per image")
     m = resize(mask, z.shape[-2:])[:, None].to(z.device).expand(z.shape[0], 1, *z.shape[-2:])
+    m = broadcast_to_latent(m, z)  # Qwen-Image: [B, C, T, H, W]
     zf = z.float()
     r = seeded_noise(tuple(z.shape), seed).to(zf.device)
     mean_z, std_z = masked_stats(zf, m, eps)

@@ -7,7 +7,7 @@ all-zeros mask returns the source exactly (with steps up to the last).
 """
 import torch.nn.functional as F
 
-from .blend import resize_mask
+from .blend import broadcast_to_latent, resize_mask
 from .latent_hooks import LatentHook
 from .masks import as_mask
 
@@ -29,6 +29,7 @@ def latent_mask(mask, hw, batch, grow=0, feather=0):
 class PreserveHook(LatentHook):
     """Latent hook: blends every non-source branch towards run.store[REFERENCE_KEY][step + 1] outside the mask,
     after the steps start_step <= step <= end_step (end_step -1: the last step)."""
+    technique = "Keep Outside Mask"
 
     def __init__(self, mask, start_step=0, end_step=-1, grow=0, feather=0):
         as_mask(mask)
@@ -53,7 +54,7 @@ class PreserveHook(LatentHook):
             if mh * hw[1] != mw * hw[0]:
                 raise ValueError(f"mask: it is {mh}x{mw} but the latent is {hw[0]}x{hw[1]} (an image of another "
                                  f"shape); give a mask of the edited image's size")
-            m = latent_mask(self.mask, hw, per_branch, self.grow, self.feather)
+            m = broadcast_to_latent(latent_mask(self.mask, hw, per_branch, self.grow, self.feather), x)
             self._cache = {key: m.to(device=x.device, dtype=x.dtype)}
         return self._cache[key]
 

@@ -20,16 +20,22 @@ Conventions (see docs/unifyedit.md):
 import math
 from dataclasses import dataclass
 
+import comfy.patcher_extension
 import torch
 import torch.nn.functional as F
 
 from ..attention.attention_record import RECORD_KEY, new_record
 from .latent_hooks import LatentHook
+from .loss_scale import LossScaler
 from .masks import to_tokens
+from .row_forward import SelectRows, forward_rows
 
 MODES = ("balanced", "normalized", "naive")
 EPS = 1e-8
 REFERENCE_ELEMENTS = 4 * 64 * 64  # one SD1.5 latent at 512x512 px: unit() has norm 1 there
+LAYERS_KEY = "unifyedit_layers"  # run.store: the layers a recorded pass reads (learned by its first full pass)
+SCALER_KEY = "unifyedit_loss_scale"  # run.store: the run's LossScaler
+ROWS_WRAPPER_KEY = "edit_pack_unifyedit_rows"
 
 
 def sap_loss(sa, mask=None):
@@ -140,6 +146,11 @@ def branch_rows(run, role):
 class UnifyEditHook(LatentHook):
     """Optimises the target rows of the branch-stacked latent before each of the first `active_steps` steps.
 
+    Per step: one pass without gradients over the source's cond rows only records the source self-attention
+    maps (the source latent does not change during the step); each iteration then forwards only the target's cond
+    rows with gradients (no uncond rows, no source rows: latent_ops/row_forward.py) and stops the forward after
+    the last layer the losses read. A float16 model's gradients go through a dynamic loss scaler.
+
     mask: optional [1 or n, H, W] edit region (any size); None: from the edit tokens' cross-attention each step.
     on_update: optional callback(dict) per iteration (tests, diagnostics); never stored on the run.
     """
@@ -160,34 +171,50 @@ class UnifyEditHook(LatentHook):
             base = x.clone()
             z = base[tgt].clone()
             try:
+                source = self._source_maps(run, base, sigma, model_fn) if w_sa != 0 else {}
                 for it in range(c.iterations):
-                    z = self._iterate(run, base, z, tgt, sigma, model_fn, w_sa, w_ca, step, it)
+                    z = self._iterate(run, base, z, tgt, sigma, model_fn, source, w_sa, w_ca, step, it)
             finally:
                 run.store.pop(RECORD_KEY, None)
             out = base.clone()
             out[tgt] = z
         return out
 
-    def _iterate(self, run, base, z, tgt, sigma, model_fn, w_sa, w_ca, step, it):
+    @staticmethod
+    def _forward(run, x, sigma, model_fn, mode):
+        """One recorded pass over `mode`'s cond rows; learns (once per run) the layers it records, so later
+        passes stop after the last of them."""
+        rec = new_record(mode, run.store.get(LAYERS_KEY))
+        run.store[RECORD_KEY] = rec
+        if forward_rows(run, model_fn, x, sigma, mode):
+            run.store[LAYERS_KEY] = frozenset(rec["seen"])
+        rec = run.store.pop(RECORD_KEY)
+        if not rec["seen"]:
+            raise ValueError("SAPreserveOptimizer: no attention layer matched the chosen resolutions/layers for "
+                             "this model; choose another sa_layers / ca_layers resolution or layer names")
+        return rec
+
+    def _source_maps(self, run, base, sigma, model_fn):
+        with torch.no_grad():
+            return self._forward(run, base, sigma, model_fn, "source")["sa"]
+
+    def _iterate(self, run, base, z, tgt, sigma, model_fn, source, w_sa, w_ca, step, it):
         c = self.config
         z = z.detach().requires_grad_(True)
         full = torch.cat([base[:tgt.start], z, base[tgt.stop:]])
-        run.store[RECORD_KEY] = new_record()
-        model_fn(full, sigma)
-        rec = run.store.pop(RECORD_KEY)
-        if not rec["sa"] and not rec["ca"]:
-            raise ValueError("SAPreserveOptimizer: no attention layer matched the chosen resolutions/layers for "
-                             "this model; choose another sa_layers / ca_layers resolution or layer names")
+        rec = self._forward(run, full, sigma, model_fn, "target")
         mask = self.mask
         if mask is None and rec["ca"]:
             mask = mask_from_attention(rec["ca"], run.latent_hw or tuple(base.shape[-2:]))
         if mask is not None:
             mask = mask.to(z.device)
-        l_sa = sap_loss(rec["sa"], mask if c.sap_region == "mask" else None)
-        l_ca = caa_loss(rec["ca"], mask) if mask is not None else None
-        g_sa = self._grad(l_sa, z, retain=l_ca is not None)
-        g_ca = self._grad(l_ca, z, retain=False)
-        del rec
+        sa = {layer: (source[layer][0], a_tgt, grid) for layer, (a_tgt, grid) in rec["sa"].items() if layer in source}
+        l_sa = sap_loss(sa, mask if c.sap_region == "mask" else None) if w_sa != 0 else None
+        l_ca = caa_loss(rec["ca"], mask) if mask is not None and w_ca != 0 else None
+        scaler = self._scaler(run, rec["dtype"])
+        g_sa = self._grad(scaler, l_sa, z, retain=l_ca is not None)
+        g_ca = self._grad(scaler, l_ca, z, retain=False)
+        del rec, sa
         if g_sa is None and g_ca is None:
             return z.detach()
         direction = combine(g_sa, g_ca, c.mode, w_sa, w_ca)
@@ -196,46 +223,71 @@ class UnifyEditHook(LatentHook):
             self.on_update({"step": step, "iteration": it, "sigma": sigma, "w_sa": w_sa, "w_ca": w_ca,
                             "l_sa": None if l_sa is None else float(l_sa.detach()),
                             "l_ca": None if l_ca is None else float(l_ca.detach()),
+                            "loss_scale": None if not scaler.enabled else float(scaler.scale),
                             "g_sa": g_sa, "g_ca": g_ca, "direction": direction.detach(), "z": z.detach(), "new": new})
         return new
 
     @staticmethod
-    def _grad(loss, z, retain):
+    def _scaler(run, dtype):
+        """The run's loss scaler: dynamic scaling for a float16 model, a plain gradient otherwise."""
+        if SCALER_KEY not in run.store:
+            run.store[SCALER_KEY] = LossScaler(enabled=dtype == torch.float16)
+        return run.store[SCALER_KEY]
+
+    @staticmethod
+    def _grad(scaler, loss, z, retain):
         if loss is None or not loss.requires_grad:
             return None
-        (g,) = torch.autograd.grad(loss, z, retain_graph=retain, allow_unused=True)
+        g = scaler.grad(loss, z, retain)
         return None if g is None else g.detach()
 
 
-class _FreshWeight:
-    """Weight wrapper: inside the optimiser's grad-enabled forward, hands autograd a normal copy of a weight
-    that was created under ComfyUI's inference mode (inference tensors cannot be saved for backward)."""
+def alias(t):
+    """A normal (non-inference) tensor sharing t's storage: no copy, no grad."""
+    with torch.inference_mode(False):
+        out = torch.empty(0, dtype=t.dtype, device=t.device)
+        out.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+    return out
+
+
+class _WeightAlias:
+    """Weight wrapper of one parameter: inside the optimiser's grad-enabled forward, hands autograd an alias of the
+    parameter itself (a normal tensor on its storage, no grad) instead of the per-call copy ComfyUI makes for
+    layers with weight functions, so backward keeps no copy of any weight; parameters made under inference mode
+    (which autograd cannot save) work too. A weight that another function changed, or that ComfyUI cast to
+    another dtype/device, is used as given (detached)."""
+
+    def __init__(self, module, attr):
+        self.module, self.attr = module, attr
 
     def __call__(self, w):
-        if w.is_inference() and not torch.is_inference_mode_enabled():
-            return w.clone()
-        return w
+        if torch.is_inference_mode_enabled():
+            return w
+        p = getattr(self.module, self.attr, None)
+        if (p is None or len(getattr(self.module, f"{self.attr}_function", ())) > 1 or p.dtype != w.dtype
+                or p.device != w.device or p.shape != w.shape):
+            return w.detach()
+        return alias(p)
 
     def __deepcopy__(self, memo):
         return self
 
 
 def grad_ready(model):
-    """A clone of `model` whose weights made under ComfyUI's inference mode are usable by autograd in the
-    optimiser's passes, via public patch points: comfy.ops layers get a weight wrapper (a normal copy, only while
-    inference mode is off; plain passes use the weights as they are); other parameters (e.g. Flux RMSNorm
-    scales, small) get an object patch with a normal copy."""
+    """A clone of `model` ready for the optimiser's passes, via public patch points: weights reach autograd as
+    aliases of the parameters (comfy.ops layers: a weight wrapper, active only while inference mode is off; other
+    inference-mode parameters, e.g. Flux RMSNorm scales: an object patch with an alias); backward keeps no copy
+    of a weight and no weight gradient is tracked. An APPLY_MODEL wrapper lets a pass forward one branch's rows only."""
     clone = model.clone()
-    fresh = _FreshWeight()
     modules = dict(clone.model.named_modules())
     for name, param in clone.model.named_parameters():
-        if not param.is_inference():
+        if not (param.is_inference() or param.requires_grad):
             continue
         owner, _, attr = name.rpartition(".")
         if attr in ("weight", "bias") and hasattr(modules.get(owner), "weight_function"):
-            clone.add_weight_wrapper(name, fresh)
-        else:
+            clone.add_weight_wrapper(name, _WeightAlias(modules[owner], attr))
+        elif param.is_inference():
             with torch.inference_mode(False):
-                copy = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
-            clone.add_object_patch(name, copy)
+                clone.add_object_patch(name, torch.nn.Parameter(alias(param), requires_grad=False))
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, ROWS_WRAPPER_KEY, SelectRows())
     return clone

@@ -3,6 +3,16 @@ from ..latent_ops.edit import Branch, edit
 from .inputs import CATEGORY, INVERSION
 
 
+def branches_of(inversion, target_positive, target_cfg, source_cfg, source_positive=None, aux_positive=None,
+                aux_cfg=1.0):
+    """The Edit Sampler's / Edit Guider's branches from their inputs."""
+    branches = [Branch("source", source_positive or inversion.positive, source_cfg),
+                Branch("target", target_positive, target_cfg)]
+    if aux_positive is not None:
+        branches.append(Branch("aux", aux_positive, aux_cfg))
+    return branches
+
+
 class EditSampler:
     DESCRIPTION = ("Regenerates from an inversion with a source branch (exact replay or reconstruction), a target "
                    "branch and an optional auxiliary branch in one batch; attention patches on the MODEL see which "
@@ -46,10 +56,8 @@ class EditSampler:
 
     def run(self, model, inversion, target_positive, target_cfg, source_mode, source_cfg, start_step, negative=None,
             source_positive=None, aux_positive=None, aux_cfg=1.0, drift_correction=0.0):
-        branches = [Branch("source", source_positive or inversion.positive, source_cfg),
-                    Branch("target", target_positive, target_cfg)]
-        if aux_positive is not None:
-            branches.append(Branch("aux", aux_positive, aux_cfg))
+        branches = branches_of(inversion, target_positive, target_cfg, source_cfg, source_positive, aux_positive,
+                               aux_cfg)
         results, run = edit(model, inversion, branches, negative, source_mode, start_step,
                             drift_correction=drift_correction)
         run.release()

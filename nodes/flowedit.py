@@ -1,4 +1,5 @@
 """FlowEdit node: inversion-free editing with the source, target (and aux) branches in one batch."""
+import comfy.sample
 import comfy.samplers
 
 from ..latent_ops.flowedit import flow_edit
@@ -52,7 +53,7 @@ class FlowEdit:
 
     def run(self, model, latent, source_positive, target_positive, steps, scheduler, n_max, n_min, n_avg,
             source_cfg, target_cfg, seed, negative=None, aux_positive=None, aux_cfg=1.0):
-        results, run = flow_edit(model, latent["samples"], source_positive, target_positive, negative, steps,
+        results, run = flow_edit(model, comfy.sample.fix_empty_latent_channels(model, latent["samples"]), source_positive, target_positive, negative, steps,
                                  scheduler, n_max, n_min, n_avg, source_cfg, target_cfg, seed, aux_positive, aux_cfg)
         run.release()
         return ({"samples": results["target"]},)

@@ -1,6 +1,8 @@
 """Invert node: a source LATENT -> inverted noise and an inversion object for the edit sampler."""
 import comfy.model_management
+import comfy.sample
 import comfy.samplers
+import torch
 
 from ..attention.capture import AttentionCapture
 from ..attention.controller import chain_of
@@ -97,9 +99,17 @@ class Invert:
                    "RF-Solver or FireFlow for flow models such as FLUX), exactly by default (fixed-point passes per "
                    "step), keeping the source trajectory for exact replay.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = (INVERSION, "LATENT")
-    RETURN_NAMES = ("inversion", "noise")
-    OUTPUT_TOOLTIPS = ("Inversion for the Edit Sampler (trajectory, schedule, captures).", "The inverted noise.")
+    RETURN_TYPES = (INVERSION, "LATENT", "NOISE", "SIGMAS")
+    RETURN_NAMES = ("inversion", "noise", "noise_source", "sigmas")
+    OUTPUT_TOOLTIPS = (
+        "Inversion for the Edit Sampler / Edit Guider (trajectory, schedule, captures).",
+        "The inverted noise as a LATENT. Stock sampling from it (a plain reconstruction or regeneration): on eps/v "
+        "models KSamplerAdvanced with add_noise disable and this node's steps and scheduler. On flow models (FLUX) "
+        "ComfyUI's KSampler cannot start from a given latent: its noise scaling at sigma 1 multiplies the latent by "
+        "1 - sigma = 0; use SamplerCustomAdvanced with noise_source and sigmas below (any model family).",
+        "NOISE for SamplerCustomAdvanced (with the noise LATENT as its latent_image): the sampler then starts exactly "
+        "at the inverted noise on eps/v and flow models.",
+        "The inversion's sigma schedule, for SamplerCustomAdvanced.")
     FUNCTION = "run"
 
     @classmethod
@@ -160,7 +170,7 @@ class Invert:
         if cache_readers(chain_of(model)) and not cache_kv:
             raise ValueError("cache_kv: the MODEL carries a KV-Mix with kv_source 'inversion cache', which reads "
                              "the K/V cache this node builds; turn cache_kv on (or use kv_source 'batch')")
-        samples = latent["samples"]
+        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])  # as KSampler: Qwen-Image 5-d
         kv_steps = set()
         if cache_kv:
             kv_steps, layers = kv_cache_plan(model, capture, capture_steps, cache_layers, steps)
@@ -178,7 +188,23 @@ class Invert:
                            sorted(kv_steps | set(capture)), exact_iterations=exact_iterations)
         inversion.kv_cache_device = cache_device
         noise = {"samples": model.model.process_latent_out(inversion.trajectory[0].clone())}
-        return (inversion, noise)
+        return (inversion, noise, InvertedNoise(inversion, noise["samples"]), inversion.sigmas.clone())
+
+
+class InvertedNoise:
+    """A NOISE whose stock noise scaling, with the inverted noise LATENT as the latent, gives the inverted noise:
+    eps/v models x = latent + sigma * 0; flow models x = sigma * noise + (1 - sigma) * latent with noise = latent."""
+    seed = 0  # the sampler's own noise (ancestral samplers) is seeded with it
+
+    def __init__(self, inversion, latent):
+        self.start, self.flow, self.latent = inversion.trajectory[0], inversion.flow, latent
+
+    def generate_noise(self, input_latent):
+        samples = input_latent["samples"]
+        if samples.shape != self.latent.shape or not torch.allclose(samples.to(self.latent), self.latent, atol=1e-4):
+            raise ValueError("noise_source: connect the same Invert node's noise LATENT as the sampler's "
+                             "latent_image (this NOISE starts the sampler at the inverted noise only from it)")
+        return self.start.clone() if self.flow else torch.zeros_like(self.start)
 
 
 NODE_CLASS_MAPPINGS = {"AttentionEditInvert": Invert}

@@ -1,8 +1,9 @@
 """Keep Outside Mask node: blended latent diffusion on the Edit Sampler's or FlowEdit's edited branches."""
 from ..latent_ops.latent_hooks import with_latent_hook
 from ..latent_ops.masks import as_mask
+from ..latent_ops.paste import paste_outside
 from ..latent_ops.preserve import PreserveHook
-from .inputs import ModelPatchNode
+from .inputs import CATEGORY, ModelPatchNode
 
 
 class KeepOutsideMask(ModelPatchNode):
@@ -38,5 +39,35 @@ class KeepOutsideMask(ModelPatchNode):
         return (with_latent_hook(model, PreserveHook(mask, start_step, end_step, grow, feather)),)
 
 
-NODE_CLASS_MAPPINGS = {"AttentionEditKeepOutsideMask": KeepOutsideMask}
-NODE_DISPLAY_NAME_MAPPINGS = {"AttentionEditKeepOutsideMask": "Keep Outside Mask (latent blend preservation)"}
+class PasteOutsideMask:
+    DESCRIPTION = ("Pixel-exact preservation after decoding: outside the mask the result is the source image's own "
+                   "pixels, inside it the edit. Latent blending keeps the outside only as well as the VAE "
+                   "reconstructs it; this makes it exact. Use it after VAE Decode with the mask given to Keep "
+                   "Outside Mask.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("The edit inside the mask, the source's pixels outside it.",)
+    FUNCTION = "paste"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "The edited image (VAE Decode of the edit)."}),
+                "source": ("IMAGE", {"tooltip": "The source image that was edited, at the same size."}),
+                "mask": ("MASK", {"tooltip": "1 = keep the edit, 0 = paste the source. The image's size or any size "
+                                             "of the same aspect ratio; one mask or one per image."}),
+                "grow": ("INT", {"default": 2, "min": 0, "max": 256, "tooltip": "Grow the mask by this many pixels "
+                         "first, so the edit's own edge (antialiasing, a slightly larger result) is not cut."}),
+                "feather": ("INT", {"default": 2, "min": 0, "max": 256, "tooltip": "Soften the seam over this many "
+                            "pixels inside the grown mask; outside it every pixel stays the source's."}),
+            },
+        }
+
+    def paste(self, image, source, mask, grow, feather):
+        return (paste_outside(image, source, as_mask(mask), grow, feather),)
+
+
+NODE_CLASS_MAPPINGS = {"AttentionEditKeepOutsideMask": KeepOutsideMask, "AttentionEditPasteOutsideMask": PasteOutsideMask}
+NODE_DISPLAY_NAME_MAPPINGS = {"AttentionEditKeepOutsideMask": "Keep Outside Mask (latent blend preservation)",
+                              "AttentionEditPasteOutsideMask": "Paste Source Outside Mask (pixel-exact preservation)"}

@@ -1,9 +1,12 @@
 """ProEdit nodes: KV-mix attention patch, Latents-Shift on the inversion, and the edit mask from attention."""
 import dataclasses
 
+import comfy.sample
+
+from ..attention.dit_families import family_key
 from ..attention.hooks import model_family, with_controller
 from ..attention.kv_mix import EDIT_TYPES, KVMix as KVMixController
-from ..latent_ops.masks import as_mask, resize
+from ..latent_ops.masks import as_mask, pixels_per_latent, resize
 from ..latent_ops.attention_mask import (DIT_LAYERS, mask_from_map, overlay, word_attention_map,
                                          word_token_positions)
 from ..latent_ops.latents_shift import latents_shift
@@ -92,7 +95,7 @@ class EditMaskFromAttention:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("mask", "overlay")
-    OUTPUT_TOOLTIPS = ("The edit mask at the image size (or 8x the latent size without an image).",
+    OUTPUT_TOOLTIPS = ("The edit mask at the image size (without an image: the latent size x 8, x 16 on FLUX.2).",
                        "The mask over the image (red), or the mask in grey without an image.")
     FUNCTION = "extract"
 
@@ -122,14 +125,15 @@ class EditMaskFromAttention:
 
     def extract(self, model, latent, positive, clip, source_prompt, word, dilation, image=None,
                 dit_layers=DIT_LAYERS[0]):
-        family = model_family(model)
+        family = family_key(model)
         if not source_prompt.strip():
             raise ValueError("source_prompt: empty; enter the source prompt text that the positive input encodes")
         positions = word_token_positions(clip, source_prompt, word, family)
-        samples = latent["samples"]
+        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         word_map = word_attention_map(model, samples, positive, positions, dit_layers=dit_layers)
         mask = mask_from_map(word_map, dilation)
-        size = tuple(image.shape[1:3]) if image is not None else (samples.shape[-2] * 8, samples.shape[-1] * 8)
+        scale = pixels_per_latent(model)
+        size = tuple(image.shape[1:3]) if image is not None else (samples.shape[-2] * scale, samples.shape[-1] * scale)
         mask = resize(mask, size).cpu()
         return (mask, overlay(mask, image.cpu() if image is not None else None))
 

@@ -7,10 +7,8 @@ from ..attention.uniform import BRANCH_CHOICES, UniformAttention
 from ..latent_ops.blend import MODES, ROLES, BlendHook, adaptive_mask, gate_sigma
 from ..latent_ops.guided_loop import is_flow
 from ..latent_ops.latent_hooks import with_latent_hook
+from ..latent_ops.masks import PIXELS_PER_LATENT
 from .inputs import CATEGORY, ModelPatchNode
-
-# VAE downscale of every supported family (SD1.x/2.x/SDXL/Flux): MASK outputs are at latent size x 8.
-PIXELS_PER_LATENT = 8
 
 
 class UniformAttnPatch(ModelPatchNode):

@@ -3,6 +3,7 @@ preservation loss and a cross-attention alignment loss, balanced by an adaptive 
 import torch
 
 from ..attention.attention_record import SCALES, AttentionRecord
+from ..attention.dit_families import family_key, refuse
 from ..attention.hooks import model_family, with_controller
 from ..latent_ops.latent_hooks import with_latent_hook
 from ..latent_ops.unifyedit import MODES, UnifyEditConfig, UnifyEditHook, grad_ready
@@ -107,9 +108,13 @@ class SAPreserveOptimizer(ModelPatchNode):
               sa_layers, ca_layers, attention_precision, mask=None, clip=None, target_prompt="", sap_region="full",
               layer_names=""):
         if model_family(model) == "dit":
-            raise ValueError("model: SAPreserveOptimizer needs gradients through the model, and ComfyUI's Flux blocks "
-                             "update their activations in place (img += ...), which autograd cannot differentiate; "
-                             "use an SD1.x / SD2.x / SDXL U-Net model (for Flux use the KV-mix / ProEdit nodes)")
+            flux = family_key(model) == "flux"
+            raise refuse(model, "SA-Preserve Optimizer (UnifyEdit)", (
+                "it needs gradients through the model, and ComfyUI's Flux blocks update their activations in place "
+                "(img += ...), which autograd cannot differentiate" if flux else
+                "its losses are defined on U-Net self- and cross-attention maps, and the pack has no gradient path "
+                "through this family's joint attention") + "; use an SD1.x / SD2.x / SDXL U-Net model (on MMDiT "
+                "models use the KV-Mix / CPAM / Source Injection nodes)")
         tokens = parse_edit_tokens(edit_tokens, clip, target_prompt)
         if mask is not None:
             mask = mask.reshape(-1, *mask.shape[-2:]).float().clone()

@@ -12,7 +12,8 @@ class GaussianDenoiser:
         self.flow = flow
 
     def __call__(self, apply_model, args):
-        x, sigma = args["input"], args["timestep"].view(-1, 1, 1, 1)
+        x = args["input"]
+        sigma = args["timestep"].view(-1, *[1] * (x.ndim - 1))
         if self.flow:
             a = 1 - sigma
             return MU + a * S ** 2 / (a ** 2 * S ** 2 + sigma ** 2) * (x - a * MU)

@@ -4,7 +4,12 @@ import torch
 
 from sampling import ksample, latent
 
-KINDS = ["sd15", "sd15_v", "sdxl", "flux"]
+KINDS = ["sd15", "sd15_v", "sdxl", "flux", "flux2", "flux_kontext", "chroma"]
+# Flux-family joint attention on a 16x16 latent with 8 text tokens: (token grid, text tokens, all tokens). FLUX.2
+# uses 1x1 patches and pads the text to 512 tokens (ComfyUI's Flux2.extra_conds); Kontext's 16 reference tokens
+# follow the image tokens and are not image tokens of the edit grid.
+DIT_GEOMETRY = {"flux": ((8, 8), 8, 72), "flux2": ((16, 16), 512, 768), "flux_kontext": ((8, 8), 8, 88),
+                "chroma": ((8, 8), 8, 72)}
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +22,8 @@ def core(pack):
     return Core
 
 
-def conds(fixtures, text="a red circle", batch=1):
-    pos, neg = fixtures.tiny_conditioning(text), fixtures.tiny_conditioning("")
+def conds(fixtures, text="a red circle", kind=""):
+    pos, neg = fixtures.tiny_conditioning(text, kind), fixtures.tiny_conditioning("", kind)
     return pos, neg
 
 
@@ -47,7 +52,7 @@ class Recorder:
 @pytest.mark.parametrize("kind", KINDS)
 def test_pass_through_chain_is_bit_identical(core, fixtures, kind):
     model = fixtures.tiny_model(kind)
-    pos, neg = conds(fixtures)
+    pos, neg = conds(fixtures, kind=kind)
     x = latent(kind)
     plain = ksample(model, pos, neg, x)
     patched = core.hooks.with_controller(core.hooks.with_controller(model, core.controller.Controller()),
@@ -58,7 +63,7 @@ def test_pass_through_chain_is_bit_identical(core, fixtures, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_user_model_is_never_mutated(core, fixtures, kind):
     model = fixtures.tiny_model(kind)
-    pos, neg = conds(fixtures)
+    pos, neg = conds(fixtures, kind=kind)
     x = latent(kind)
     before = ksample(model, pos, neg, x)
     options_before = repr(model.model_options)
@@ -78,18 +83,19 @@ def test_controllers_see_layers_kinds_shapes_and_roles(core, fixtures, kind):
     patched = core.hooks.with_controller(model, Recorder(log))
     run = core.run_state.RunState(branches=("source", "target"), per_branch=1, total_steps=3)
     patched.model_options["transformer_options"][core.controller.RUN_KEY] = run
-    pos, neg = conds(fixtures)
+    pos, neg = conds(fixtures, kind=kind)
     ksample(patched, pos, neg, latent(kind, batch=2), steps=3, cfg=2.0)
     seen = [e for e in log if e[0] == "before"]
     kinds = {e[3] for e in seen}
     layers = {e[2] for e in seen}
-    if kind == "flux":
+    if kind in DIT_GEOMETRY:
         assert kinds == {"joint"}
         assert layers == {"double.0", "double.1", "single.0", "single.1"}
+        grid_hw, n_txt, total = DIT_GEOMETRY[kind]
         for e in seen:
             q_shape, grid, img, txt = e[4], e[6], e[7], e[8]
-            assert grid == (8, 8) and (img.start, img.stop) == (8, 72) and (txt.start, txt.stop) == (0, 8)
-            assert q_shape[2] == 72 and q_shape[1] == 4
+            assert grid == grid_hw and (img.start, img.stop) == (n_txt, n_txt + grid_hw[0] * grid_hw[1])
+            assert (txt.start, txt.stop) == (0, n_txt) and q_shape[2] == total and q_shape[1] == 4
     else:
         assert kinds == {"self", "cross"}
         assert any(l.startswith("input.") for l in layers) and any(l.startswith("middle.") for l in layers)
@@ -123,14 +129,14 @@ def test_chain_order_is_honoured(core, fixtures):
     assert not torch.equal(ksample(ab, pos, neg, x, steps=1), ksample(ba, pos, neg, x, steps=1))
 
 
-@pytest.mark.parametrize("kind", ["sd15", "flux"])
+@pytest.mark.parametrize("kind", ["sd15", "flux", "flux2", "flux_kontext", "chroma"])
 def test_replaced_kv_path_matches_plain_attention(core, fixtures, kind):
     """Replacing K/V by themselves takes the explicit path, which must equal ComfyUI's own attention."""
     class SameKV(core.controller.Controller):
         def before(self, call):
             call.set_kv(call.k.clone(), call.v.clone())
     model = fixtures.tiny_model(kind)
-    pos, neg = conds(fixtures)
+    pos, neg = conds(fixtures, kind=kind)
     x = latent(kind)
     plain = ksample(model, pos, neg, x)
     explicit = ksample(core.hooks.with_controller(model, SameKV()), pos, neg, x)

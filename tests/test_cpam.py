@@ -163,9 +163,9 @@ def test_mask_resize_to_token_grid(cp):
     assert cp.mask_ops.to_tokens(torch.ones(1, 2, 2), (4, 4)).shape == (1, 16)
 
 
-def _editor(cp, fixtures, model):
+def _editor(cp, fixtures, model, kind=""):
     """edit(target_text, mask, le) -> target latent, all from one 2-step inversion with the empty prompt."""
-    empty = fixtures.tiny_conditioning("")
+    empty = fixtures.tiny_conditioning("", kind)
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.5
     inv = cp.inversion.invert(model, x, empty, None, 1.0, 2, "simple", "auto")
 
@@ -173,15 +173,16 @@ def _editor(cp, fixtures, model):
         patched = model if mask is None else cp.hooks.with_controller(
             model, cp.cpam.LocalizedCrossAttention(cp.masks.TargetMask("source", mask)))
         branches = [cp.edit.Branch("source", empty, 1.0),
-                    cp.edit.Branch("target", fixtures.tiny_conditioning(target_text), 2.0),
+                    cp.edit.Branch("target", fixtures.tiny_conditioning(target_text, kind), 2.0),
                     cp.edit.Branch("aux", empty, 1.0)]
         return cp.edit.edit(patched, inv, branches, negative=empty)[0]["target"]
     return edit
 
 
-@pytest.mark.parametrize("kind", ["sd15", "flux"])
+@pytest.mark.parametrize("kind", ["sd15", "flux", "flux2", "flux_kontext", "chroma"])
 def test_localized_extraction_in_the_model(cp, fixtures, kind):
-    edit = _editor(cp, fixtures, fixtures.tiny_model(kind))
+    """An all-ones mask is the plain edit (on Kontext: the reference tokens stay keys of every region)."""
+    edit = _editor(cp, fixtures, fixtures.tiny_model(kind), kind)
     ones, zeros = torch.ones(1, 128, 128), torch.zeros(1, 128, 128)
     plain = edit("a blue square")
     torch.testing.assert_close(edit("a blue square", ones), plain, rtol=1e-4, atol=1e-4)

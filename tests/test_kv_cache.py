@@ -27,9 +27,12 @@ def invert(kv, model, lat, pos, steps=3, **inputs):
 
 
 @pytest.mark.parametrize("kind,hw,dtype,layers", [("sd15", (17, 13), "auto", ""), ("sdxl", (12, 10), "float16", ""),
-                                                  ("flux", (17, 15), "bfloat16", "double.1, single.0")])
+                                                  ("flux", (17, 15), "bfloat16", "double.1, single.0"),
+                                                  ("flux2", (9, 7), "auto", "single.1"),
+                                                  ("flux_kontext", (17, 15), "auto", "double.0"),
+                                                  ("chroma", (17, 15), "auto", "")])
 def test_estimate_equals_the_built_cache(kv, fixtures, kind, hw, dtype, layers):
-    model, pos = fixtures.tiny_model(kind), fixtures.tiny_conditioning("a red cat")
+    model, pos = fixtures.tiny_model(kind), fixtures.tiny_conditioning("a red cat", kind)
     lat = latent(2, *hw)
     shapes = kv.shapes.self_attention_shapes(model, hw)
     assert tuple(shapes) == kv.hooks.self_attention_layers(model)

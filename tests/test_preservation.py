@@ -219,3 +219,36 @@ def test_layout_success_sees_moves_and_resizes():
     moved_other = dict(two.target, objects=[dict(o, cy=o["cy"] + 6 / 64) if o is kept else o
                                             for o in two.target["objects"]])
     assert not metrics.layout_check(dataset.render_scene(moved_other, 64)[0], two.target)["success"]
+
+
+def test_paste_outside_mask(pack, run):
+    """Paste Source Outside Mask: outside the grown mask every pixel is the source's, inside the edit's; the feather
+    softens inward only; an all-ones mask returns the edit; bad sizes are answered with errors naming the input."""
+    paste = pack("latent_ops.paste").paste_outside
+    g = torch.Generator().manual_seed(0)
+    edited, source = torch.rand(2, 32, 48, 3, generator=g), torch.rand(1, 32, 48, 3, generator=g)
+    mask = torch.zeros(1, 32, 48)
+    mask[:, 10:20, 12:30] = 1
+    out = paste(edited, source, mask, grow=2, feather=3)
+    grown = torch.zeros(32, 48, dtype=torch.bool)
+    grown[8:22, 10:32] = True
+    assert torch.equal(out[:, ~grown], source.expand(2, -1, -1, -1)[:, ~grown])
+    assert torch.equal(out[:, 13:17, 15:27], edited[:, 13:17, 15:27])  # the core, beyond the feather
+    seam = out[:, 8, 16] - source[:, 8, 16]
+    assert seam.abs().max() > 0 and (seam.abs() < (edited[:, 8, 16] - source[:, 8, 16]).abs() + 1e-6).all()
+    assert torch.equal(paste(edited, source, torch.ones(1, 8, 12)), edited)
+    assert torch.equal(paste(edited, source, torch.zeros(1, 16, 24), grow=3, feather=3), source.expand(2, -1, -1, -1))
+    with pytest.raises(ValueError, match="mask: it is 32x32"):
+        paste(edited, source, torch.ones(1, 32, 32))
+    with pytest.raises(ValueError, match="source: it is"):
+        paste(edited, source[:, :16], mask)
+    with pytest.raises(ValueError, match="source: 3 images"):
+        paste(edited, source.expand(3, -1, -1, -1), mask)
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 32, "batch_size": 1, "color": 0xFF0000}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 32, "batch_size": 1, "color": 0x0000FF}},
+        "3": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 32}},
+        "4": {"class_type": "AttentionEditPasteOutsideMask", "inputs": {
+            "image": ["1", 0], "source": ["2", 0], "mask": ["3", 0], "grow": 2, "feather": 2}},
+    }
+    torch.testing.assert_close(run(prompt)["4"][0], run({k: v for k, v in prompt.items() if k == "2"})["2"][0])

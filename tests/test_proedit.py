@@ -36,7 +36,7 @@ def half_mask(batch=1, size=16):
 
 def setup(pe, fixtures, kind, batch=1, steps=2, cache_steps=None):
     model = fixtures.tiny_model(kind)
-    pos, tgt, neg = (fixtures.tiny_conditioning(t) for t in ("a red cat", "a blue cat", ""))
+    pos, tgt, neg = (fixtures.tiny_conditioning(t, kind) for t in ("a red cat", "a blue cat", ""))
     inv_model = model
     if cache_steps is not None:
         inv_model = pe.hooks.with_controller(model, pe.kv_store.KVStore(cache_steps, dtype=torch.float32))
@@ -109,7 +109,8 @@ def test_batch_and_inversion_cache_sources_agree(pe, fixtures, kind, cfg):
 
 
 @pytest.mark.parametrize("kind,edit_type", [("sd15", "change"), ("flux", "change"), ("flux", "add"),
-                                            ("flux", "style")])
+                                            ("flux", "style"), ("flux2", "change"), ("flux_kontext", "change"),
+                                            ("chroma", "change")])
 def test_only_masked_tokens_mix(pe, fixtures, kind, edit_type):
     model, inv, pos, tgt, neg = setup(pe, fixtures, kind)
     pre, post = [], []
@@ -138,6 +139,9 @@ def test_only_masked_tokens_mix(pe, fixtures, kind, edit_type):
                 continue
             if txt is not None and kind_ == "joint":
                 assert torch.equal(k1[row, :, txt], k0[row, :, txt])
+                # Kontext's reference tokens follow the image tokens: never mixed
+                assert torch.equal(k1[row, :, img.stop:], k0[row, :, img.stop:])
+                assert torch.equal(v1[row, :, img.stop:], v0[row, :, img.stop:])
             for new, old in ((k1, k0), (v1, v0)):
                 n, t, s = new[row, :, img], old[row, :, img], old[src, :, img]
                 mixed = torch.lerp(s, t, delta)
@@ -251,13 +255,6 @@ def test_word_attention_controller_on_a_joint_call(pe):
     torch.testing.assert_close(m[0], probs, rtol=1e-5, atol=1e-6)
 
 
-class FakeClip:
-    """One token per word, no start token: positions match fixtures.tiny_conditioning."""
-
-    def tokenize(self, text, return_word_ids=False):
-        return {"l": [[(hash(w) % 50000, 1.0, i + 1) for i, w in enumerate(text.lower().split())]]}
-
-
 def test_word_positions_with_the_real_clip_tokenizer(pe, comfy):
     import comfy.sd1_clip
 
@@ -287,14 +284,14 @@ def test_mask_node_on_tiny_models(pe, fixtures, kind):
     latent = {"samples": src_latent(2)}
     image = torch.rand(2, 128, 128, 3)
     node = pe.nodes.EditMaskFromAttention()
-    mask, over = node.extract(model, latent, pos, FakeClip(), prompt, "cat", 1, image)
+    mask, over = node.extract(model, latent, pos, fixtures.WordClip(), prompt, "cat", 1, image)
     assert mask.shape == (2, 128, 128) and over.shape == (2, 128, 128, 3)
     assert set(mask.unique().tolist()) <= {0.0, 1.0} and 0 < mask.mean() < 1
-    mask2, over2 = node.extract(model, latent, pos, FakeClip(), prompt, "cat", 0)
+    mask2, over2 = node.extract(model, latent, pos, fixtures.WordClip(), prompt, "cat", 0)
     assert mask2.shape == (2, 128, 128) and over2.shape == (2, 128, 128, 3)
     assert mask2.sum() <= mask.sum()
     with pytest.raises(ValueError, match=r"word: \['dog'\] not in the source prompt; its words are \['a', 'red'"):
-        node.extract(model, latent, pos, FakeClip(), prompt, "dog", 1)
+        node.extract(model, latent, pos, fixtures.WordClip(), prompt, "dog", 1)
 
 
 # ----- the whole chain as a ComfyUI graph -----------------------------------------------------------------------

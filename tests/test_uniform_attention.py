@@ -112,11 +112,11 @@ class Probe:
         return self
 
 
-@pytest.mark.parametrize("kind", ["sd15", "flux"])
+@pytest.mark.parametrize("kind", ["sd15", "flux", "flux2", "flux_kontext", "chroma"])
 def test_edit_with_uniform_aux_leaves_other_branches_bit_identical(uam, fixtures, kind):
     model = fixtures.tiny_model(kind)
-    x0, src, tgt, aux = (source_latent(7), fixtures.tiny_conditioning("a red circle"),
-                         fixtures.tiny_conditioning("a blue circle"), fixtures.tiny_conditioning("a green cat"))
+    src, tgt, aux = (fixtures.tiny_conditioning(t, kind) for t in ("a red circle", "a blue circle", "a green cat"))
+    x0 = source_latent(7)
     inv = uam.inversion.invert(model, x0, src, steps=2)
     branches = [uam.edit.Branch("source", src, 1.0), uam.edit.Branch("target", tgt, 1.0),
                 uam.edit.Branch("aux", aux, 1.0)]  # (an all-zero empty prompt has uniform maps already)

@@ -17,6 +17,7 @@ def ue(pack):
         inversion = pack("latent_ops.inversion")
         edit = pack("latent_ops.edit")
         node = pack("nodes.unifyedit")
+        scale = pack("latent_ops.loss_scale")
     return Mods
 
 
@@ -107,17 +108,19 @@ def test_gradient_modes_combine_as_specified(ue):
 
 # ---------------------------------------------------------------- the optimiser in the edit sampler
 
-def optimised(ue, model, tokens=(1,), mask=None, on_update=None, **config):
-    record = ue.record.AttentionRecord(tokens, sa_scales=(2,), ca_scales=(2,))
+def optimised(ue, model, tokens=(1,), mask=None, on_update=None, checkpoint="auto", **config):
+    record = ue.record.AttentionRecord(tokens, sa_scales=(2,), ca_scales=(2,), checkpoint=checkpoint)
     config.setdefault("active_steps", 2)
     config.setdefault("iterations", 1)
     hook = ue.ops.UnifyEditHook(ue.ops.UnifyEditConfig(**config), mask, on_update)
     return ue.latent_hooks.with_latent_hook(ue.hooks.with_controller(ue.ops.grad_ready(model), record), hook)
 
 
-def edit_pair(ue, fixtures, model, inv, **kw):
+def edit_pair(ue, fixtures, model, inv, cfg=1.0, **kw):
     branches = [ue.edit.Branch("source", fixtures.tiny_conditioning("a black bird"), 1.0),
-                ue.edit.Branch("target", fixtures.tiny_conditioning("a white bird"), 1.0)]
+                ue.edit.Branch("target", fixtures.tiny_conditioning("a white bird"), cfg)]
+    if cfg != 1.0:
+        kw.setdefault("negative", fixtures.tiny_conditioning(""))
     with torch.inference_mode():  # as under ComfyUI's executor
         return ue.edit.edit(model, inv, branches, **kw)
 
@@ -150,8 +153,8 @@ def test_update_follows_the_mode_and_only_the_target_changes(ue, fixtures, sd15,
     out, run = edit_pair(ue, fixtures, patched, inv)
     assert [(e["step"], e["iteration"]) for e in log] == [(0, 0), (0, 1), (1, 0), (1, 1)][:2 * active]
     for e in log:
-        assert e["g_sa"] is not None and e["g_ca"] is not None
-        assert e["l_sa"] >= 0 and 0 < e["l_ca"] <= 1
+        assert (e["g_sa"] is None) == (e["w_sa"] == 0) and e["g_ca"] is not None  # a zero weight: no backward
+        assert (e["l_sa"] is None if e["w_sa"] == 0 else e["l_sa"] >= 0) and 0 < e["l_ca"] <= 1
         expected_w = ue.ops.schedule_weights(e["step"] / 1, 0.8, 1.2, 3.0, 3.0) if mode == "balanced" else (0.8, 1.2)
         assert (e["w_sa"], e["w_ca"]) == pytest.approx(expected_w)
         direction = ue.ops.combine(e["g_sa"], e["g_ca"], mode, *expected_w)
@@ -169,7 +172,8 @@ def test_memory_is_released_after_each_step(ue, fixtures, sd15):
 
     class Probe(ue.latent_hooks.LatentHook):
         def adjust_latent(self, run, x, sigma, model_fn):
-            kept = dict(run.store).keys() - {"source_trajectory", "model_eval"}  # model_eval: an evaluation count
+            # model_eval: an evaluation count; the layer names the losses read; the loss scaler (one scalar)
+            kept = dict(run.store).keys() - {"source_trajectory", "model_eval", ue.ops.LAYERS_KEY, ue.ops.SCALER_KEY}
             seen.append((kept, x.requires_grad, torch.is_grad_enabled()))
             return x
     def graph_tensors():
@@ -196,6 +200,150 @@ def test_user_mask_and_regional_sap(ue, fixtures, sd15):
     edit_pair(ue, fixtures, optimised(ue, model, mask=mask, sap_region="mask", active_steps=1,
                                       on_update=log.append), inv)
     assert log and all(e["g_ca"] is not None for e in log)
+
+
+# ---------------------------------------------------------------- cost: rows, weights, checkpointing, fp16
+
+def test_optimiser_forwards_only_the_rows_its_losses_need(ue, fixtures, sd15):
+    """With CFG on the target the sampler's passes hold 4 rows (source/target x cond/uncond); the optimiser's own
+    passes hold one: the source's cond row (once per step, no graph) and the target's cond row (per iteration),
+    and they stop after the last layer the losses read."""
+    model, inv, _ = sd15
+    passes, main = [], []
+
+    class Probe(ue.record.Controller):
+        def wants(self, call):
+            return call.run is not None
+        def after(self, call, out):
+            rec = call.run.store.get(ue.record.RECORD_KEY)
+            if rec is None:
+                main.append(call.q.shape[0])
+                return out
+            if not passes or passes[-1][0] is not rec:
+                passes.append((rec, []))
+            passes[-1][1].append((call.q.shape[0], tuple(call.roles), tuple(call.conds), (call.kind, call.layer),
+                                  torch.is_grad_enabled()))
+            return out
+    probe = Probe()
+    # the probe first in the chain, so it also sees the call where the record stops the pass
+    patched = optimised(ue, ue.hooks.with_controller(model, probe), iterations=2, active_steps=2)
+    edit_pair(ue, fixtures, patched, inv, cfg=3.0)
+    assert set(main) == {4}
+    layers = len(ue.hooks.self_attention_layers(model)) * 2
+    modes = [rec["mode"] for rec, _ in passes]
+    assert modes == ["target", "target", "source", "target", "target"]  # step 0: preservation weight 0
+    for (rec, calls), mode in zip(passes, modes):
+        assert {c[0] for c in calls} == {1}
+        assert {c[1] for c in calls} == {(mode,)} and {c[2] for c in calls} == {(True,)}
+        assert {c[4] for c in calls} == {mode == "target"}
+    assert len(passes[0][1]) == layers  # the first pass runs to the end and learns which layers are read
+    last = max(i for i, c in enumerate(passes[0][1]) if c[3] in passes[0][0]["seen"])
+    assert all(len(calls) == last + 1 < layers for _, calls in passes[1:])
+
+
+def test_backward_keeps_no_weight_copy_and_no_weight_gradient(ue, fixtures):
+    """Weights loaded under inference mode (as under ComfyUI's executor) that would even track gradients: every
+    weight autograd keeps for the optimiser's backward is the parameter's own storage (an alias, no copy) and
+    tracks no gradient."""
+    with torch.inference_mode():
+        model = fixtures.tiny_model("sd15")
+        inv = ue.inversion.invert(model, source_latent(), fixtures.tiny_conditioning("a black bird"), steps=2)
+    params = list(model.model.parameters())
+    assert all(p.is_inference() and p.requires_grad for p in params)  # the worst case
+    storages = {p.untyped_storage().data_ptr() for p in params}
+    shapes = {tuple(p.shape) for p in params if p.ndim >= 2}
+    kept = []
+
+    def pack(t):
+        if t.ndim >= 2 and tuple(t.shape) in shapes and t.grad_fn is None:
+            kept.append((t.untyped_storage().data_ptr() in storages, t.requires_grad))
+        return t
+    log = []
+    patched = optimised(ue, model, iterations=2, active_steps=2, on_update=log.append)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        edit_pair(ue, fixtures, patched, inv)
+    assert len(log) == 4 and kept
+    assert all(shared and not grad for shared, grad in kept), kept[:5]
+
+
+def test_checkpointing_gives_the_same_gradients_and_keeps_less(ue, fixtures, sd15):
+    model, inv, _ = sd15
+    saved = {}
+    logs = {}
+    for flag in (False, True):
+        logs[flag], total = [], [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            edit_pair(ue, fixtures, optimised(ue, model, iterations=2, active_steps=2, checkpoint=flag,
+                                              on_update=logs[flag].append), inv)
+        saved[flag] = total[0]
+    assert len(logs[True]) == len(logs[False]) == 4
+    for a, b in zip(logs[False], logs[True]):
+        for key in ("g_sa", "g_ca", "new"):
+            if a[key] is None:
+                assert b[key] is None
+                continue
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+    assert saved[True] < saved[False]  # the per-head probabilities are recomputed in backward, not kept
+
+
+def test_auto_checkpointing_is_for_large_maps_only(ue):
+    record = ue.record.AttentionRecord((1,))
+    small, large = torch.zeros(1, 2, 16, 8), torch.zeros(1, 8, 256, 8)
+    assert not record._checkpoints(small, small) and record._checkpoints(large, large)
+    assert ue.record.AttentionRecord((1,), checkpoint=True)._checkpoints(small, small)
+
+
+def underflowing_loss(x, dtype=torch.float16):
+    """A float16 network whose input gradient underflows to zero without loss scaling (true size ~1e-9)."""
+    h = (x.to(dtype) @ torch.full((8, 8), 0.5, dtype=dtype)).tanh()
+    return (h.float() ** 2).sum() * 1e-9
+
+
+def test_loss_scaler_recovers_float16_gradients_and_skips_overflow(ue):
+    LossScaler = ue.scale.LossScaler
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    (reference,) = torch.autograd.grad(underflowing_loss(x, torch.float64), x)  # float64 network: the true gradient
+    (plain,) = torch.autograd.grad(underflowing_loss(x), x)
+    assert plain.abs().max() == 0  # float16 underflow
+    scaler = LossScaler()
+    g = scaler.grad(underflowing_loss(x), x)
+    torch.testing.assert_close(g, reference.float(), rtol=2e-2, atol=1e-12)
+    # overflow: the scaled backward gives inf -> zero gradient (update skipped), scale halves; then it recovers
+    big = LossScaler(init_scale=2.0 ** 30, growth_interval=50)
+    g = big.grad(underflowing_loss(x) * 1e6, x)
+    assert torch.equal(g, torch.zeros_like(g)) and float(big.scale) == 2.0 ** 29
+    for _ in range(30):
+        g = big.grad(underflowing_loss(x) * 1e6, x)
+        if g.abs().max() > 0:
+            break
+    assert float(big.scale) < 2.0 ** 29
+    torch.testing.assert_close(g, reference.float() * 1e6, rtol=2e-2, atol=1e-9)
+    # growth: after growth_interval finite gradients the scale doubles
+    grow = LossScaler(init_scale=4.0, growth_interval=2)
+    for _ in range(2):
+        grow.grad(underflowing_loss(x), x, retain=False)
+    assert float(grow.scale) == 8.0
+    # disabled: a plain gradient
+    torch.testing.assert_close(LossScaler(enabled=False).grad(underflowing_loss(x), x), plain)
+
+
+def test_float16_model_uses_the_loss_scaler(ue, fixtures):
+    log = {}
+    for dtype in (torch.float32, torch.float16):
+        model = fixtures.tiny_model("sd15", dtype=dtype)
+        with torch.inference_mode():
+            inv = ue.inversion.invert(model, source_latent(), fixtures.tiny_conditioning("a black bird"), steps=2)
+        log[dtype] = []
+        out, _ = edit_pair(ue, fixtures, optimised(ue, model, iterations=2, active_steps=2,
+                                                   on_update=log[dtype].append), inv)
+        assert torch.isfinite(out["target"]).all()
+    assert len(log[torch.float16]) == 4 and all(e["loss_scale"] is not None for e in log[torch.float16])
+    assert all(e["loss_scale"] is None for e in log[torch.float32])
+    assert any(e["direction"].abs().max() > 0 for e in log[torch.float16])
 
 
 # ---------------------------------------------------------------- node inputs and graphs

@@ -78,7 +78,8 @@ def test_image_loaders_save_the_frontends_upload_widget(built):
 MODEL_INPUTS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("UNETLoader", "unet_name"): "diffusion_models",
                 ("DualCLIPLoader", "clip_name1"): "text_encoders", ("DualCLIPLoader", "clip_name2"): "text_encoders",
                 ("CLIPLoader", "clip_name"): "text_encoders", ("VAELoader", "vae_name"): "vae",
-                ("CLIPVisionLoader", "clip_name"): "clip_vision"}
+                ("CLIPVisionLoader", "clip_name"): "clip_vision",
+                **{("TripleCLIPLoader", f"clip_name{i}"): "text_encoders" for i in (1, 2, 3)}}
 
 
 def test_real_checkpoint_api_workflows_validate_given_their_files(comfy, built, tmp_path):
@@ -156,32 +157,49 @@ def source_of(api, link, class_type):
     return node
 
 
+GUIDANCE_DISTILLED = ("_flux_dev", "_flux_kontext_dev", "_flux2_dev")  # FLUX.1-dev, Kontext, FLUX.2 variants
+
+
 def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(built):
-    """FlowEdit examples: Keep Outside Mask (from attention, or drawn) on the MODEL; FLUX.1-dev at the paper's
-    guidance 1.5 (source) / 5.5 (target) through FluxGuidance, no CFG."""
+    """FlowEdit examples: Keep Outside Mask (from attention, or drawn) on the MODEL; FLUX.1-dev (and Kontext,
+    FLUX.2) at the paper's guidance 1.5 (source) / 5.5 (target) through FluxGuidance, no CFG."""
     flowedit = {name: api for name, (api, _) in built.items() if name.startswith("flowedit")}
-    assert len(flowedit) == 10
+    assert len(flowedit) == 16
     for name, api in flowedit.items():
         [edit] = [n for n in api.values() if n["class_type"] == "AttentionEditFlowEdit"]
         keep = source_of(api, edit["inputs"]["model"], "AttentionEditKeepOutsideMask")
         mask = api[keep["inputs"]["mask"][0]]["class_type"]
         assert mask == ("LoadImageMask" if "keep_mask" in name else "AttentionEditMaskFromAttention"), name
-        if name.endswith("flux_dev"):
+        if name.endswith(GUIDANCE_DISTILLED):
             assert edit["inputs"]["source_cfg"] == edit["inputs"]["target_cfg"] == 1.0
             assert source_of(api, edit["inputs"]["source_positive"], "FluxGuidance")["inputs"]["guidance"] == 1.5
             assert source_of(api, edit["inputs"]["target_positive"], "FluxGuidance")["inputs"]["guidance"] == 5.5
 
 
 def test_flux_dev_workflows_invert_at_guidance_1_and_edit_at_2_without_cfg(built):
-    """FLUX.1-dev is guidance-distilled: FluxGuidance 1 on the inversion's (and the aux branch's) conditioning,
-    2 on the target's (ProEdit, RF-Solver-Edit), cfg 1."""
-    flux = {name: api for name, (api, _) in built.items() if name.endswith("_flux_dev") and "flowedit" not in name}
-    assert len(flux) == 6
+    """FLUX.1-dev (Kontext, FLUX.2) is guidance-distilled: FluxGuidance 1 on the inversion's (and the aux branch's)
+    conditioning, 2 on the target's (ProEdit, RF-Solver-Edit), cfg 1."""
+    flux = {name: api for name, (api, _) in built.items()
+            if name.endswith(GUIDANCE_DISTILLED) and "flowedit" not in name}
+    assert len(flux) == 21
     for name, api in flux.items():
         [invert] = [n for n in api.values() if n["class_type"] == "AttentionEditInvert"]
-        [edit] = [n for n in api.values() if n["class_type"] == "AttentionEditSampler"]
+        [edit] = [n for n in api.values() if n["class_type"] in ("AttentionEditSampler", "AttentionEditGuider")]
         assert edit["inputs"]["target_cfg"] == 1.0 and invert["inputs"]["cfg"] == 1.0, name
         assert source_of(api, invert["inputs"]["positive"], "FluxGuidance")["inputs"]["guidance"] == 1.0, name
         assert source_of(api, edit["inputs"]["target_positive"], "FluxGuidance")["inputs"]["guidance"] == 2.0, name
         if "aux_positive" in edit["inputs"]:
             assert source_of(api, edit["inputs"]["aux_positive"], "FluxGuidance")["inputs"]["guidance"] == 1.0, name
+
+
+def test_kontext_workflows_give_every_branch_the_source_image_as_reference(built):
+    """FLUX.1 Kontext: ReferenceLatent with the source latent on every prompt (the branches run in one model call,
+    so they share it); the image is scaled to Kontext's sizes first, as ComfyUI's Kontext template does."""
+    kontext = {name: api for name, (api, _) in built.items() if name.endswith("_flux_kontext_dev")}
+    assert len(kontext) == 8
+    for name, api in kontext.items():
+        refs = [n for n in api.values() if n["class_type"] == "ReferenceLatent"]
+        assert len(refs) == 3, name
+        for ref in refs:
+            encode = source_of(api, ref["inputs"]["latent"], "VAEEncode")
+            source_of(api, encode["inputs"]["pixels"], "FluxKontextImageScale")

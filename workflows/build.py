@@ -41,34 +41,104 @@ def embedded_loaders(g, denoiser, case_name):
     return m[0], m[1], m[2], image[0], latent[0], src[0], tgt[0], neg[0]
 
 
+# The joint-attention families, with the file names of ComfyUI's own templates: diffusion model loader, text
+# encoder(s), VAE, and the edit's steps / CFG (the templates' sampling settings; SD3.5 Large and Medium 28-40 steps
+# at CFG 4.5-5.5, Qwen-Image 20 at 2.5, Z-Image Turbo 9 at 1.0, distilled). FlowEdit: the paper's SD3 setting on
+# SD3.5 (T 50, n_max 33, CFG 3.5 / 13.5); on Qwen-Image and Z-Image Turbo not measured (the window scaled to
+# their templates' steps, mild target guidance).
+FAMILIES = {
+    "sd35_large": dict(ckpt="sd3.5_large.safetensors", steps=28, cfg=4.5,
+                       flowedit=dict(steps=50, n_max=33, source_cfg=3.5, target_cfg=13.5)),
+    "sd35_medium": dict(ckpt="sd3.5_medium.safetensors", steps=40, cfg=4.5,
+                        flowedit=dict(steps=50, n_max=33, source_cfg=3.5, target_cfg=13.5)),
+    "qwen_image": dict(unet="qwen_image_fp8_e4m3fn.safetensors", clip="qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                       clip_type="qwen_image", vae="qwen_image_vae.safetensors", steps=20, cfg=2.5,
+                       flowedit=dict(steps=28, n_max=24, source_cfg=1.5, target_cfg=4.0)),
+    "z_image_turbo": dict(unet="z_image_turbo_bf16.safetensors", clip="qwen_3_4b.safetensors", clip_type="lumina2",
+                          vae="ae.safetensors", steps=9, cfg=1.0,
+                          flowedit=dict(steps=9, n_max=7, source_cfg=1.0, target_cfg=1.0)),
+}
+
+
+def family_loaders(g, family):
+    """MODEL, CLIP, VAE of a joint-attention family from its template's files."""
+    spec = FAMILIES[family]
+    if "ckpt" in spec:  # SD3.5: the checkpoint (with its VAE) and the three text encoders
+        ckpt = g.add("CheckpointLoaderSimple", ckpt_name=spec["ckpt"])
+        clip = g.add("TripleCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="clip_g.safetensors",
+                     clip_name3="t5xxl_fp16.safetensors")[0]
+        return ckpt[0], clip, ckpt[2]
+    model = g.add("UNETLoader", unet_name=spec["unet"], weight_dtype="default")[0]
+    clip = g.add("CLIPLoader", clip_name=spec["clip"], type=spec["clip_type"], device="default")[0]
+    return model, clip, g.add("VAELoader", vae_name=spec["vae"])[0]
+
+
+
+# Flux-family checkpoints as ComfyUI's own templates name them (Comfy-Org repackaged files):
+# (diffusion model, text encoder(s), CLIPLoader / DualCLIPLoader type, VAE)
+FLUX_FAMILY_FILES = {
+    "flux": ("flux1-dev.safetensors", ("clip_l.safetensors", "t5xxl_fp16.safetensors"), "flux", "ae.safetensors"),
+    "flux_kontext": ("flux1-dev-kontext_fp8_scaled.safetensors",
+                     ("clip_l.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"), "flux", "ae.safetensors"),
+    "flux2": ("flux2_dev_fp8mixed.safetensors", ("mistral_3_small_flux2_bf16.safetensors",), "flux2",
+              "flux2-vae.safetensors"),
+    "chroma": ("Chroma1-HD.safetensors", ("t5xxl_fp16.safetensors",), "chroma", "ae.safetensors"),
+}
+GUIDANCE_DISTILLED = {"flux", "flux_kontext", "flux2"}  # cfg 1, FluxGuidance per branch
+MMDIT = {"embedded_flux"} | set(FLUX_FAMILY_FILES) | set(FAMILIES)
+
+
+def flux_family_loaders(g, family):
+    unet, encoders, clip_type, vae_name = FLUX_FAMILY_FILES[family]
+    model = g.add("UNETLoader", unet_name=unet, weight_dtype="default")[0]
+    if len(encoders) == 2:
+        clip = g.add("DualCLIPLoader", clip_name1=encoders[0], clip_name2=encoders[1], type=clip_type)[0]
+    else:
+        clip = g.add("CLIPLoader", clip_name=encoders[0], type=clip_type, device="default")[0]
+    return model, clip, g.add("VAELoader", vae_name=vae_name)[0]
+
+
+
 def real_loaders(g, family):
-    if family == "flux":
-        model = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="default")[0]
-        clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors",
-                     type="flux")[0]
-        vae = g.add("VAELoader", vae_name="ae.safetensors")[0]
+    if family in FAMILIES:
+        model, clip, vae = family_loaders(g, family)
+    elif family in FLUX_FAMILY_FILES:
+        model, clip, vae = flux_family_loaders(g, family)
     else:
         ckpt = g.add("CheckpointLoaderSimple", ckpt_name={"sd15": "v1-5-pruned-emaonly.safetensors",
                                                           "sdxl": "sd_xl_base_1.0.safetensors"}[family])
         model, clip, vae = ckpt[0], ckpt[1], ckpt[2]
-    image = g.add("LoadImage", image="example.png")
-    latent = g.add("VAEEncode", pixels=image[0], vae=vae)
-    src = g.add("CLIPTextEncode", title="source prompt", text="a photo of a cat sitting on a sofa", clip=clip)
-    tgt = g.add("CLIPTextEncode", title="target prompt", text="a photo of a dog sitting on a sofa", clip=clip)
-    neg = g.add("CLIPTextEncode", title="negative / empty prompt", text="", clip=clip)
-    return model, clip, vae, image[0], latent[0], src[0], tgt[0], neg[0]
+    image = g.add("LoadImage", image="example.png")[0]
+    if family == "flux_kontext":  # Kontext's preferred sizes, as ComfyUI's Kontext template does
+        image = g.add("FluxKontextImageScale", image=image)[0]
+    latent = g.add("VAEEncode", pixels=image, vae=vae)[0]
+    src = g.add("CLIPTextEncode", title="source prompt", text="a photo of a cat sitting on a sofa", clip=clip)[0]
+    tgt = g.add("CLIPTextEncode", title="target prompt", text="a photo of a dog sitting on a sofa", clip=clip)[0]
+    neg = g.add("CLIPTextEncode", title="negative / empty prompt", text="", clip=clip)[0]
+    if family == "flux_kontext":  # the source image as every branch's reference latent (one model call: the same)
+        src, tgt, neg = (g.add("ReferenceLatent", title=f"reference: {what}", conditioning=c, latent=latent)[0]
+                         for c, what in ((src, "source prompt"), (tgt, "target prompt"), (neg, "empty prompt")))
+    return model, clip, vae, image, latent, src, tgt, neg
 
 
 def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, flow, aux=None, cache_kv=False,
-                       capture_steps="", after_invert=None, after_edit=None):
+                       capture_steps="", after_invert=None, after_edit=None, sampler=None):
+    """Invert -> Edit Sampler -> decode -> save; with `sampler` (a SAMPLER name), the Edit Guider and
+    SamplerCustomAdvanced with that stock sampler instead of the Edit Sampler."""
     inv = g.add("AttentionEditInvert", model=model, latent=latent, positive=src, steps=steps,
                                   scheduler="simple", solver="auto", cfg=1.0, capture_steps=capture_steps,
                                   cache_kv=cache_kv, cache_dtype="auto", cache_device="cpu")
     if after_invert is not None:
         inv = after_invert(g, inv)
     extra = {"aux_positive": aux, "aux_cfg": 1.0} if aux is not None else {}
-    edit = g.add("AttentionEditSampler", model=model, inversion=inv[0], target_positive=tgt, target_cfg=cfg,
-                 source_mode="replay", source_cfg=1.0, start_step=0, negative=neg, **extra)
+    inputs = dict(model=model, inversion=inv[0], target_positive=tgt, target_cfg=cfg, source_mode="replay",
+                  source_cfg=1.0, start_step=0, negative=neg, **extra)
+    if sampler is None:
+        edit = g.add("AttentionEditSampler", **inputs)
+    else:
+        guider = g.add("AttentionEditGuider", **inputs)
+        edit = g.add("SamplerCustomAdvanced", noise=g.add("DisableNoise")[0], guider=guider[0],
+                     sampler=g.add("KSamplerSelect", sampler_name=sampler)[0], sigmas=guider[1], latent_image=latent)
     image = g.add("VAEDecode", samples=edit[0], vae=vae)
     g.add("SaveImage", images=image[0], filename_prefix=f"attention_edit/{name}")
     if after_edit is not None:
@@ -76,7 +146,7 @@ def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, f
     return inv, edit
 
 
-def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
+def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sampler=None):
     """Load -> (patch the MODEL) -> Invert -> Edit Sampler -> decode -> save, on the embedded or a real model.
 
     patch(g, ctx) adds technique nodes and returns the patched MODEL link; ctx has model, clip, vae, latent,
@@ -89,8 +159,11 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
         steps, cfg = 20, (4.0 if denoiser == "unet" else 3.0)
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
-        steps, cfg = (15, 1.0) if backbone == "flux" else (50, 7.5)  # FLUX.1-dev: guidance-distilled, no CFG
-        if backbone == "flux":
+        # FLUX.1-dev, Kontext, FLUX.2: guidance-distilled, no CFG; Chroma: CFG as its template (4)
+        steps, cfg = (15, 1.0) if backbone in GUIDANCE_DISTILLED else (26, 4.0) if backbone == "chroma" else (50, 7.5)
+        if backbone in FAMILIES:
+            steps, cfg = FAMILIES[backbone]["steps"], FAMILIES[backbone]["cfg"]
+        if backbone in GUIDANCE_DISTILLED:
             src, tgt, neg = flux_guidance(g, src, tgt, neg)
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
                backbone=backbone, case=case_by_name(DEMO_CASE) if backbone.startswith("embedded") else None,
@@ -98,8 +171,8 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False):
     if patch is not None:
         model = patch(g, ctx)
     invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, tgt, neg, f"{name}_{backbone}", steps,
-                       cfg, backbone.endswith("flux"), aux=neg if aux else None, after_invert=ctx.get("after_invert"),
-                       after_edit=ctx.get("after_edit"))
+                       cfg, backbone in MMDIT, aux=neg if aux else None, after_invert=ctx.get("after_invert"),
+                       after_edit=ctx.get("after_edit"), sampler=sampler)
     return g
 
 
@@ -131,6 +204,15 @@ def source_mask(g, ctx):
 def base_edit(backbone):
     """Plain inversion + regeneration with the target prompt (the baseline every technique improves on)."""
     return edit_workflow(backbone, "invert_edit")
+
+
+# The Edit Guider example: ProEdit's patches under SamplerCustomAdvanced with a stock multistep sampler (any
+# SAMPLER works; euler gives exactly the Edit Sampler's result).
+GUIDER_SAMPLER = "dpmpp_2m"
+
+
+def guider_edit(backbone):
+    return edit_workflow(backbone, "edit_guider_proedit", proedit_patch, sampler=GUIDER_SAMPLER)
 
 
 def uam_patch(g, ctx):
@@ -252,7 +334,7 @@ def region_proedit_edit(backbone):
 def source_injection_patch(g, ctx):
     """The feature-sharing baselines with their papers' layers and steps: MasaCtrl (source K/V) on U-Nets,
     RF-Solver-Edit (source V) on Flux."""
-    mode = "value (RF-Solver-Edit)" if ctx["backbone"].endswith("flux") else "key+value (MasaCtrl)"
+    mode = "value (RF-Solver-Edit)" if ctx["backbone"] in MMDIT else "key+value (MasaCtrl)"
     return g.add("AttentionEditSourceInjection", model=ctx["model"], mode=mode, start_step=-1, end_step=-1,
                  layers="paper default", layer_fraction=0.0)[0]
 
@@ -268,12 +350,14 @@ def cpam_edit(backbone):
 # FlowEdit settings. Embedded models (15 steps): the benchmark's best without a mask (a short window, mild target
 # guidance) and with a mask protecting the rest (a longer window); docs/preservation.md has the sweep.
 # FLUX.1-dev: the paper's (T 28, n_max 24, guidance 1.5 / 5.5 through FluxGuidance per branch, no CFG).
-# SD1.5 / SDXL: the paper's SD3 setting (T 50, n_max 33, CFG 3.5 / 13.5): not measured on these models.
+# FLUX.1 Kontext / FLUX.2 (guidance-distilled): FLUX.1-dev's. SD1.5 / SDXL and Chroma (real CFG): the paper's SD3
+# setting (T 50, n_max 33, CFG 3.5 / 13.5): not measured on these models.
 FLOWEDIT = {"embedded": (dict(steps=15, n_max=8, source_cfg=1.0, target_cfg=2.0),
                          dict(steps=15, n_max=12, source_cfg=1.0, target_cfg=3.0)),
             "flux": (dict(steps=28, n_max=24, source_cfg=1.0, target_cfg=1.0),) * 2,
             "unet": (dict(steps=50, n_max=33, source_cfg=3.5, target_cfg=13.5),) * 2}
 FLOWEDIT_FLUX_GUIDANCE = (1.5, 5.5)
+PASTE = dict(grow=2, feather=2)  # Paste Source Outside Mask after the drawn-mask FlowEdit (docs/preservation.md)
 
 
 def flowedit_workflow(backbone, name, drawn_mask):
@@ -286,12 +370,13 @@ def flowedit_workflow(backbone, name, drawn_mask):
         settings = FLOWEDIT["embedded"][drawn_mask]
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
-        settings = FLOWEDIT["flux" if backbone == "flux" else "unet"][drawn_mask]
+        settings = (FAMILIES[backbone]["flowedit"] if backbone in FAMILIES else
+                    FLOWEDIT["flux" if backbone in GUIDANCE_DISTILLED else "unet"][drawn_mask])
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
                backbone=backbone, case=case_by_name(DEMO_CASE) if embedded_model else None)
     mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
     model = keep_outside(g, model, mask)
-    if backbone == "flux":
+    if backbone in GUIDANCE_DISTILLED:
         guided = lambda cond, what, v: g.add("FluxGuidance", title=f"FLUX guidance: {what}", conditioning=cond,
                                              guidance=v)[0]
         src, tgt = guided(src, "source prompt", FLOWEDIT_FLUX_GUIDANCE[0]), guided(tgt, "target prompt",
@@ -299,6 +384,9 @@ def flowedit_workflow(backbone, name, drawn_mask):
     edit = g.add("AttentionEditFlowEdit", model=model, latent=latent, source_positive=src, target_positive=tgt,
                  scheduler="simple", n_min=0, n_avg=1, seed=0, negative=neg, **settings)
     decoded = g.add("VAEDecode", samples=edit[0], vae=vae)
+    # outside the mask, the source's own pixels (no VAE round trip): +2.4 (U-Net) / +7.3 (Flux) dB with the mask
+    # from attention, 32.6 -> 59.8 (U-Net) / 58.5 (Flux) dB with a drawn mask (docs/preservation.md)
+    decoded = g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=image, mask=mask, **PASTE)
     g.add("SaveImage", images=decoded[0], filename_prefix=f"attention_edit/{name}_{backbone}")
     return g
 
@@ -314,15 +402,17 @@ def flowedit_masked_edit(backbone):
 
 
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
-             "flux_dev": "flux"}
+             "flux_dev": "flux", "flux_kontext_dev": "flux_kontext", "flux2_dev": "flux2", "chroma": "chroma",
+             **{family: family for family in FAMILIES}}
 TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cpam": cpam_edit,
               "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit,
               "source_injection": source_injection_edit, "flowedit_keep": flowedit_edit,
+              "edit_guider_proedit": guider_edit,
               "flowedit_keep_mask": flowedit_masked_edit}
-UNET_ONLY = {"unifyedit"}  # ComfyUI's Flux blocks update residuals in place, which blocks latent gradients
+UNET_ONLY = {"unifyedit"}  # refused on MMDiT models (Flux: residuals updated in place block latent gradients)
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
-             if not (t in UNET_ONLY and backbone.endswith("flux"))}
+             if not (t in UNET_ONLY and backbone in MMDIT)}
 
 
 def embedded(name):

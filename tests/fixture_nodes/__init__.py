@@ -17,7 +17,18 @@ _spec.loader.exec_module(architectures)
 
 CONTEXT_DIM = 32
 TOKENS = 8
-KINDS = ("sd15", "sd15_v", "sdxl", "flux")
+REFUSED_KINDS = tuple(architectures.refused_family_configs())  # families the pack refuses (built, never sampled)
+FAMILY_CONFIGS = {  # joint-attention families: ComfyUI's own model classes at a tiny size
+    "sd3": lambda: architectures.sd3_config(context_dim=CONTEXT_DIM, pooled_dim=CONTEXT_DIM),
+    "qwen_image": lambda: architectures.qwen_image_config(context_dim=CONTEXT_DIM),
+    "lumina2": lambda: architectures.lumina2_config(context_dim=CONTEXT_DIM),
+    "z_image": lambda: architectures.lumina2_config(context_dim=CONTEXT_DIM, z_image=True),
+}
+KINDS = ("sd15", "sd15_v", "sdxl", "flux", "flux2", "flux_kontext", "chroma", *FAMILY_CONFIGS) + REFUSED_KINDS
+FLUX_KINDS = ("flux", "flux2", "flux_kontext", "chroma")  # Flux-family MMDiT (rectified flow)
+# FLUX.1 Kontext is a FLUX.1 model whose conditionings carry a reference latent (ComfyUI's ReferenceLatent node):
+# its tokens follow the image tokens in the joint sequence. 8x8 latent cells: 16 reference tokens at 2x2 patches.
+REFERENCE_HW = (8, 8)
 
 
 def tiny_config(kind):
@@ -27,16 +38,26 @@ def tiny_config(kind):
     if kind == "sdxl":
         return architectures.unet_config(context_dim=CONTEXT_DIM, adm_in_channels=CONTEXT_DIM + 6 * 256,
                                          channel_mult=(1, 2), depth=2, linear=True)
-    if kind == "flux":
+    if kind in ("flux", "flux_kontext"):
         return architectures.flux_config(context_dim=CONTEXT_DIM, pooled_dim=CONTEXT_DIM)
+    if kind in FAMILY_CONFIGS:
+        return FAMILY_CONFIGS[kind]()
+    if kind == "flux2":
+        return architectures.flux2_config(context_dim=CONTEXT_DIM)
+    if kind == "chroma":
+        return architectures.chroma_config(context_dim=CONTEXT_DIM)
     raise ValueError(f"kind must be one of {KINDS}")
 
 
 def tiny_model(kind, seed=0, dtype=torch.float32):
     """A fresh tiny ModelPatcher of the given kind with explicitly initialised random weights in `dtype`."""
+    if kind in REFUSED_KINDS:
+        return architectures.build_refused(kind, CONTEXT_DIM, seed)
     config = dict(tiny_config(kind), dtype=dtype)
-    if kind == "flux":
+    if kind in FLUX_KINDS:
         return architectures.build_flux(config, seed=seed)
+    if kind in FAMILY_CONFIGS:
+        return architectures.build_family(kind, config, seed=seed)
     return architectures.build_unet(config, prediction="v" if kind == "sd15_v" else "eps", seed=seed)
 
 
@@ -45,8 +66,14 @@ def word_vector(word):
     return torch.randn(CONTEXT_DIM, generator=torch.Generator().manual_seed(seed))
 
 
-def tiny_conditioning(text, length=TOKENS):
+def reference_latent():
+    """The fixed reference latent [1, 4, 8, 8] of the flux_kontext kind (as ReferenceLatent would set it)."""
+    return torch.randn(1, 4, *REFERENCE_HW, generator=torch.Generator().manual_seed(7))
+
+
+def tiny_conditioning(text, kind="", length=TOKENS):
     """Token states [1, length, CONTEXT_DIM]: one deterministic vector per word, zero padding; pooled = mean.
+    kind "flux_kontext": the conditioning also carries the reference latent (ComfyUI's 'reference_latents').
     length None: one token per word (an encoder that does not pad, as Flux.2's or Qwen-Image's)."""
     length = max(len(text.split()), 1) if length is None else length
     words = text.lower().split()[:length]
@@ -54,7 +81,10 @@ def tiny_conditioning(text, length=TOKENS):
     for i, word in enumerate(words):
         states[0, i] = word_vector(word)
     pooled = states[0, :max(len(words), 1)].mean(0, keepdim=True)
-    return [[states, {"pooled_output": pooled}]]
+    options = {"pooled_output": pooled}
+    if kind == "flux_kontext":
+        options["reference_latents"] = [reference_latent()]
+    return [[states, options]]
 
 
 class TinyTestModel:
@@ -73,14 +103,50 @@ class TinyTestConditioning:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"text": ("STRING", {"default": ""})},
-                "optional": {"length": ("INT", {"default": TOKENS, "min": 0, "max": 4096,
+                "optional": {"kind": (["", *KINDS], {"default": ""}),
+                             "length": ("INT", {"default": TOKENS, "min": 0, "max": 4096,
                                                 "tooltip": "token count; 0: one token per word"})}}
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "encode"
     CATEGORY = "testing"
 
-    def encode(self, text, length=TOKENS):
-        return (tiny_conditioning(text, length or None),)
+    def encode(self, text, kind="", length=TOKENS):
+        return (tiny_conditioning(text, kind, length or None),)
+
+
+class WordClip:
+    """A CLIP stand-in for word -> token positions only: one token per word, no start token, so positions match
+    tiny_conditioning (whose conditionings it never encodes)."""
+
+    def tokenize(self, text, return_word_ids=False):
+        return {"l": [[(hash(w) % 50000, 1.0, i + 1) for i, w in enumerate(text.lower().split())]]}
+
+
+class TinyTestWordClip:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self):
+        return (WordClip(),)
+
+
+class TinyTestLatent:
+    """A seeded random LATENT [batch, 4, size, size] (a source latent that is not all zeros)."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"size": ("INT", {"default": 16, "min": 1}), "seed": ("INT", {"default": 0, "min": 0}),
+                             "batch_size": ("INT", {"default": 1, "min": 1})}}
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, size, seed, batch_size):
+        gen = torch.Generator().manual_seed(seed)
+        return ({"samples": torch.randn(batch_size, 4, size, size, generator=gen) * 0.5},)
 
 
 class TestSink:
@@ -102,4 +168,4 @@ class TestSink:
 
 
 NODE_CLASS_MAPPINGS = {"TinyTestModel": TinyTestModel, "TinyTestConditioning": TinyTestConditioning,
-                       "TestSink": TestSink}
+                       "TinyTestWordClip": TinyTestWordClip, "TinyTestLatent": TinyTestLatent, "TestSink": TestSink}
