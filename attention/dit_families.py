@@ -42,6 +42,7 @@ class Family:
     name = label = ""
     model_class = None
     packed = False        # q, k, v as [B, L, heads*dim] (skip_reshape False) instead of [B, H, L, D]
+    pad_left = False      # shorter prompts are padded on the left (where positions after the text depend on its length)
     counted = True        # the layer of a call is found by counting the calls of a forward
 
     def matches(self, dm):
@@ -108,6 +109,7 @@ class LuminaFamily(Family):
     """Lumina 2 / Z-Image NextDiT: text-only context refiner and image-only noise refiner layers (passed through),
     then single-stream joint layers over [caption, image]; Z-Image pads both to a multiple of 32 tokens."""
     name, label, model_class = "lumina2", "Lumina 2 / Z-Image (NextDiT)", NextDiT
+    pad_left = True  # the image tokens' positions start after the caption: left padding keeps them relative
 
     def calls(self, dm):
         return (tuple((f"context_refiner.{i}", "text") for i in range(len(dm.context_refiner)))
@@ -255,6 +257,12 @@ def _masked_text(args, kwargs, plain, options, forward):
                     conds, options.get(RUN_KEY), mask=kwargs.get("mask", args[4] if len(args) > 4 else None),
                     options=options)
     return plain(mask=None if call.key_bias is None else call.bias())
+
+
+def pads_left(model):
+    """Whether a MODEL's shorter prompts are padded on the left (its family's positions need it)."""
+    adapter = family_of(diffusion_model(model))
+    return adapter is not None and adapter.pad_left
 
 
 def family_key(model):

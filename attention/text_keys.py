@@ -18,49 +18,51 @@ KEEP_KEY = "text_key_keep"
 
 class TextKeys:
     """length: token count of the conditioning given to the sampler (after the pack's padding).
-    rows: {(role, cond flag): (shift, end)}: a row's prompt token p is conditioning token shift + p (shift: text the
-    model itself puts first, e.g. Flux.2's left padding, attended as in a plain run), and its tokens from `end` to
-    `length` only pad it (masked). Rows not named: (0, length). Immutable; lives on the RunState (run.text_keys).
+    rows: {(role, cond flag): (shift, lo, hi)}: a row's own tokens are conditioning tokens [lo, hi) (the rest of
+    [0, length) only pads it: masked), its prompt token p is conditioning token shift + p (shift >= lo: text the
+    model itself puts first, e.g. Flux.2's left padding, attended as in a plain run). Rows not named: (0, 0,
+    length). Immutable; lives on the RunState (run.text_keys).
     Token t of the conditioning is key `prompt_start + t` of an attention call (AttnCall.prompt_start: where the
     family's hook says the conditioning's tokens begin, after any tokens the model prepends inside its forward)."""
 
     def __init__(self, length, rows=None):
         self.length = int(length)
-        self.rows = {key: (int(shift), int(end)) for key, (shift, end) in (rows or {}).items()}
+        self.rows = {key: tuple(int(x) for x in row) for key, row in (rows or {}).items()}
 
     def __deepcopy__(self, memo):
         return self
 
     @property
     def padded(self):
-        return any(end < self.length for _, end in self.rows.values())
+        return any(hi - lo < self.length for _, lo, hi in self.rows.values())
 
     def row(self, role, cond):
-        return self.rows.get((role, bool(cond)), (0, self.length))
+        return self.rows.get((role, bool(cond)), (0, 0, self.length))
 
     def columns(self, positions, role="target", cond=True):
         """Token positions of a row's prompt -> positions among the conditioning's tokens."""
         shift = self.row(role, cond)[0]
         return [shift + int(p) for p in positions]
 
-    def end(self, role, cond):
-        """Conditioning tokens [0, end) of a row of this role / cond flag are its own; [end, length) pad it."""
-        return self.row(role, cond)[1]
+    def span(self, role, cond):
+        """(lo, hi): the conditioning tokens that are a row's own; the others of [0, length) pad it."""
+        return self.row(role, cond)[1:]
 
     def keep(self, roles, conds, start, n_keys, device, store=None):
-        """Bool [B, n_keys]: False at the keys start + [end, length) that pad each row's prompt; None when no row of
-        this call is padded. Built on the device without host data (one fill per row), cached in `store` (a run's
+        """Bool [B, n_keys]: False at the keys start + [0, length) outside each row's own span; None when no row of
+        this call is padded. Built on the device without host data (two fills per row), cached in `store` (a run's
         store) per layout."""
-        ends = [min(self.end(r, c), self.length) for r, c in zip(roles, conds)]
-        if all(e >= self.length for e in ends):
+        spans = [self.span(r, c) for r, c in zip(roles, conds)]
+        if all(hi - lo >= self.length for lo, hi in spans):
             return None
-        key = (tuple(ends), int(start), self.length, int(n_keys), torch.device(device))
+        key = (tuple(spans), int(start), self.length, int(n_keys), torch.device(device))
         cache = store.setdefault(KEEP_KEY, {}) if store is not None else {}
         keep = cache.get(key)
         if keep is None:
-            pos = torch.arange(n_keys, device=device)
-            stops = torch.cat([torch.full((1,), start + e, device=device) for e in ends])
-            keep = cache[key] = (pos[None] < stops[:, None]) | (pos[None] >= start + self.length)
+            pos = torch.arange(n_keys, device=device)[None]
+            los = torch.cat([torch.full((1, 1), start + lo, device=device) for lo, _ in spans])
+            his = torch.cat([torch.full((1, 1), start + hi, device=device) for _, hi in spans])
+            keep = cache[key] = ((pos >= los) & (pos < his)) | (pos < start) | (pos >= start + self.length)
         return keep
 
 

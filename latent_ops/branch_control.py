@@ -69,9 +69,10 @@ class BranchControl:
             index = selector(rows, x_noisy.device, run.store)
             own = {k: _take(v, index, batch) for k, v in cond.items()}
             context = own.get("c_crossattn")
-            ends = {self.text_keys.end(branch, conds[r]) for r in rows} if torch.is_tensor(context) else ()
-            if len(ends) == 1:  # the prompt without the zeros that pad it
-                own["c_crossattn"] = context[:, :ends.pop()]
+            spans = {self.text_keys.span(branch, conds[r]) for r in rows} if torch.is_tensor(context) else ()
+            if len(spans) == 1:  # the prompt without the zeros that pad it
+                lo, hi = spans.pop()
+                own["c_crossattn"] = context[:, lo:hi]
             part = control.get_control(x_noisy[index], t[index], own, batched_number, transformer_options)
             if part is not None:
                 _place(total, index, part, batch)

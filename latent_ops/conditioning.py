@@ -1,8 +1,9 @@
 """Lay out one CONDITIONING per branch as one batched CONDITIONING whose rows keep their own branch's options.
 
 Rows are [branch0 x per_branch, branch1 x per_branch, ...]. Prompts of any token lengths: every prompt (and the
-negative), in the form the model pads it to itself, is padded on the right with zeros to the longest, and those
-padded text keys are masked out of attention (attention/text_keys.py, through the run state). What the model computes from a branch's options (FLUX guidance,
+negative), in the form the model pads it to itself, is padded with zeros to the longest (on the right; on the
+left for a family whose positions after the text depend on its length, Lumina 2), and those padded text keys
+are masked out of attention (attention/text_keys.py, through the run state). What the model computes from a branch's options (FLUX guidance,
 SDXL size conditioning, Kontext reference latents, ...) reaches that branch's rows (branch_inputs.py); a
 ControlNet reaches the rows of the branches it was applied to (branch_control.py). Options the sampler applies to a
 whole model call (area, mask, timestep range, hooks, GLIGEN) cannot differ between branches: a clear error.
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import comfy.samplers
 import torch
 
+from ..attention.dit_families import pads_left
 from ..attention.text_keys import TextKeys
 
 # Options ComfyUI's sampler applies to whole model calls (comfy/samplers.py get_area_and_mult, hooks, GLIGEN).
@@ -82,24 +84,26 @@ def text_layout(model, cond, role):
     prompt's word positions to text keys (TextKeys.columns)."""
     tensor, options = _single(cond, f"{role} conditioning")
     own, shift = model_text(model, tensor, options)
-    return [[own, options]], TextKeys(own.shape[1], {(role, True): (shift, own.shape[1])})
+    return [[own, options]], TextKeys(own.shape[1], {(role, True): (shift, 0, own.shape[1])})
 
 
-def _pad(tensor, length):
-    """[b, n, d] -> [b, length, d], zeros on the right."""
-    if tensor.shape[1] == length:
+def _pad(tensor, length, left=False, dim=1):
+    """Zeros up to `length` along `dim`, on the right (or the left)."""
+    if tensor.shape[dim] == length:
         return tensor
-    return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], length - tensor.shape[1], *tensor.shape[2:])], 1)
+    shape = list(tensor.shape)
+    shape[dim] = length - tensor.shape[dim]
+    zeros = tensor.new_zeros(shape)
+    return torch.cat([zeros, tensor] if left else [tensor, zeros], dim)
 
 
-def _pad_options(options, n, length):
+def _pad_options(options, n, length, left=False):
     """A branch's options for its prompt padded from n to `length` tokens: a per-token 'attention_mask' the encoder
     gave (Lumina 2's) is padded with zeros (masked) alike."""
     mask = options.get("attention_mask")
     if not torch.is_tensor(mask) or mask.shape[-1] != n or n == length:
         return options
-    pad = mask.new_zeros(*mask.shape[:-1], length - n)
-    return {**options, "attention_mask": torch.cat([mask, pad], -1)}
+    return {**options, "attention_mask": _pad(mask, length, left, dim=mask.ndim - 1)}
 
 
 @dataclass
@@ -140,11 +144,17 @@ def lay_out(model, conds, names, roles, per_branch, negative=None):
     texts = [model_text(model, t, opts) for t, opts in entries]  # each prompt as the model pads it itself
     neg_text = model_text(model, *neg) if neg else None
     length = max(t.shape[1] for t, _ in texts + ([neg_text] if neg else []))
-    rows = {(role, True): (shift, t.shape[1]) for role, (t, shift) in zip(roles, texts)}
+    left = pads_left(model)
+
+    def row(tensor, shift):  # (shift, lo, hi) of a prompt padded to `length`
+        pad = length - tensor.shape[1] if left else 0
+        return pad + shift, pad, pad + tensor.shape[1]
+    rows = {(role, True): row(*text) for role, text in zip(roles, texts)}
     if neg:
-        rows.update({(role, False): (neg_text[1], neg_text[0].shape[1]) for role in roles})
+        rows.update({(role, False): row(*neg_text) for role in roles})
     text_keys = TextKeys(length, rows)
-    entries = [(_pad(t, length), _pad_options(opts, t.shape[1], length)) for (t, _), (_, opts) in zip(texts, entries)]
+    entries = [(_pad(t, length, left), _pad_options(opts, t.shape[1], length, left))
+               for (t, _), (_, opts) in zip(texts, entries)]
 
     tensors, pooled = [], []
     for (tensor, opts), name in zip(entries, names):
@@ -158,11 +168,11 @@ def lay_out(model, conds, names, roles, per_branch, negative=None):
         options["pooled_output"] = torch.cat(pooled)
     positive = [[torch.cat(tensors), options]]
     if neg:
-        neg_opts = dict(_pad_options(neg[1], neg_text[0].shape[1], length))
+        neg_opts = dict(_pad_options(neg[1], neg_text[0].shape[1], length, left))
         if neg_opts.get("pooled_output") is not None:
             neg_opts["pooled_output"] = repeat_rows(neg_opts["pooled_output"], per_branch, "negative") \
                 .repeat(len(entries), 1)
-        negative = [[repeat_rows(_pad(neg_text[0], length), per_branch, "negative").repeat(len(entries), 1, 1),
+        negative = [[repeat_rows(_pad(neg_text[0], length, left), per_branch, "negative").repeat(len(entries), 1, 1),
                      neg_opts]]
     return Layout(positive, negative, text_keys, entries, [opts.get("control") for _, opts in entries],
                   [bool(opts.get("control_apply_to_uncond", False)) for _, opts in entries])

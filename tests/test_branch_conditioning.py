@@ -46,15 +46,14 @@ def alone(ops, model, inv, cond, cfg=1.0, negative=None):
 
 # ----- prompts of any lengths ------------------------------------------------------------------------------------
 
-FAMILIES = ["sd15", "sdxl", "flux", "flux2", "flux_kontext", "chroma", "sd3", "qwen_image"]
-# Lumina 2 / Z-Image run with prompts of any lengths (the padding masked) but not exactly as alone: NextDiT starts
-# the image tokens' positions after the caption's length, so a padded caption moves them (and Z-Image pads the
-# caption itself to a multiple of 32 with a learned token it attends).
-NOT_EXACT = ["lumina2", "z_image"]
+FAMILIES = ["sd15", "sdxl", "flux", "flux2", "flux_kontext", "chroma", "sd3", "qwen_image", "lumina2"]
+# Z-Image runs with prompts of any lengths (the padding masked) but not exactly as alone: it pads the caption itself
+# to a multiple of 32 with a learned token it attends, a count that differs alone and in the batch.
+NOT_EXACT = ["z_image"]
 
 
 @pytest.mark.parametrize("kind", NOT_EXACT)
-def test_prompts_of_any_lengths_run_on_lumina(ops, fixtures, kind):
+def test_prompts_of_any_lengths_run_on_z_image(ops, fixtures, kind):
     model = fixtures.tiny_model(kind)
     short, long = (fixtures.tiny_conditioning("a red circle " * n, length=3 * n) for n in (1, 60))
     inv = ops.inversion.invert(model, source_latent(22), short, steps=2)
@@ -174,7 +173,7 @@ def test_a_model_that_left_pads_the_text_keeps_its_padding_and_shifts_word_posit
     assert att.text_keys.word_columns(None, [0, 3]) == [0, 3]
     inv = ops.inversion.invert(model, x0, short, steps=2)
     both, run = edit_roles(ops, model, inv, [short, long])
-    assert run.text_keys.length == 600 and run.text_keys.end("source", True) == 512
+    assert run.text_keys.length == 600 and run.text_keys.span("source", True) == (0, 512)
     assert run.text_keys.columns([0], "source") == [507] and run.text_keys.columns([0]) == [0]
     assert_close(both["source"], alone(ops, model, inv, short))
     assert_close(both["target"], alone(ops, model, inv, long))
@@ -189,12 +188,14 @@ def test_an_encoders_own_token_mask_is_padded_alike(pack):
 
 
 def test_text_keys_mask_only_the_padding_the_pack_added(att):
-    keys = att.text_keys.TextKeys(7, {("target", True): (0, 5), ("source", True): (2, 7)})
+    keys = att.text_keys.TextKeys(7, {("target", True): (0, 0, 5), ("source", True): (2, 0, 7),
+                                      ("aux", True): (3, 2, 7)})
     assert keys.columns([0, 4]) == [0, 4] and keys.columns([0, 4], "source") == [2, 6]
-    assert keys.end("target", True) == 5 and keys.end("source", True) == 7 and keys.end("aux", False) == 7
+    assert keys.span("target", True) == (0, 5) and keys.span("aux", False) == (0, 7)
     # keys: 3 the model puts first inside its forward (SD3's registers), the 7 conditioning tokens, then the rest
-    keep = keys.keep(["target", "source"], [True, True], 3, 20, "cpu")
+    keep = keys.keep(["target", "source", "aux"], [True, True, True], 3, 20, "cpu")
     assert keep[0, :8].all() and not keep[0, 8:10].any() and keep[0, 10:].all() and keep[1].all()
+    assert keep[2, :3].all() and not keep[2, 3:5].any() and keep[2, 5:].all()  # padded on the left
 
 
 # ----- per-branch options ----------------------------------------------------------------------------------------
