@@ -106,7 +106,7 @@ class AttentionRecord(Controller):
 
     def _record(self, call, rec, role, rows):
         img = call.img
-        mask = call.mask
+        mask = call.bias()  # the model's mask and the keys that pad a prompt
         if mask is not None and mask.shape[0] == call.q.shape[0]:
             mask = mask[rows]
         if self._wants_sa(call):
@@ -114,9 +114,10 @@ class AttentionRecord(Controller):
                 rec["sa"][call.layer] = (self._mean_probs(call.q[rows], call.k[rows], call.scale, mask, img, img),
                                          tuple(call.grid))
         if role == "target" and self._wants_ca(call) and self.tokens:
-            if max(self.tokens) >= call.txt.stop - call.txt.start:
+            columns = call.text_columns(self.tokens)  # shifted by text the model puts first (Flux.2)
+            if max(columns) >= call.txt.stop - call.txt.start:
                 raise ValueError(f"edit_tokens: token position {max(self.tokens)} is beyond the "
                                  f"{call.txt.stop - call.txt.start} text tokens of the conditioning")
-            probs = self._mean_probs(call.q[rows][:, :, img], call.k[rows][:, :, call.txt], call.scale, None,
-                                     slice(None), call.index(self.tokens))  # [n, L_img, len(tokens)]
+            probs = self._mean_probs(call.q[rows][:, :, img], call.k[rows][:, :, call.txt], call.scale,
+                                     call.text_bias(rows), slice(None), call.index(columns))  # [n, L_img, tokens]
             rec["ca"][call.layer] = (probs, tuple(call.grid))

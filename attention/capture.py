@@ -29,7 +29,9 @@ class AttentionCapture(Controller):
     def after(self, call, out):
         q = call.q[:, :, call.img].float()
         k = call.k[:, :, call.txt].float()
-        probs = ((q @ k.transpose(-1, -2)) * call.scale).softmax(-1).mean(1)  # [B, n_img, T]
+        logits = (q @ k.transpose(-1, -2)) * call.scale
+        padding = call.text_bias()  # the zeros padding a shorter prompt get no attention
+        probs = (logits if padding is None else logits + padding.float()).softmax(-1).mean(1)  # [B, n_img, T]
         maps = call.image_map(probs.transpose(1, 2))  # [B, T, h, w]
         if tuple(maps.shape[-2:]) != tuple(call.latent_hw):
             maps = F.interpolate(maps, size=tuple(call.latent_hw), mode="bilinear", align_corners=False)

@@ -3,8 +3,9 @@
 from comfy.ldm.modules import attention as comfy_attention
 
 from .indexing import selector
-from .masked import add_bias, as_bias, masked_attention
+from .masked import add_bias, as_bias, keep_bias, masked_attention
 from .run_state import step_from_sigmas
+from .text_keys import text_keys_of, word_columns
 from .token_masks import tokens_on
 
 
@@ -14,15 +15,21 @@ class AttnCall:
     kind: "self" or "cross" (U-Net) or "joint" (MMDiT: text tokens first, then image tokens).
     img: slice of the image tokens among the queries (and keys for self/joint); txt: slice of the text keys.
     grid: (h, w) of the image tokens; latent_hw: (H, W) of the latent. layer: e.g. "input.4.0" or "double.3".
+    prompt_start: the key of the conditioning's first token (default txt.start; later when the model puts tokens
+    of its own before it inside its forward, as SD3's registers).
     step / sigma: given, or None to read them lazily from the transformer options (`options`).
     roles / conds: per batch row, "source" / "target" / "aux" and True for the conditional pass.
+    mask: the model's own attention mask (Flux), or None. Text keys that pad a row's prompt (branches of different
+    prompt lengths, attention/text_keys.py) are masked too: `bias()` holds both, `key_bias` the padding alone, and
+    attend() / probs() apply them, so a controller that computes attention or maps through the call gets them.
     """
 
     def __init__(self, q, k, v, kind, layer, img, txt, grid, latent_hw, step, sigma, roles, conds, run,
-                 mask=None, block_type=None, block_index=0, options=None):
+                 mask=None, block_type=None, block_index=0, options=None, prompt_start=None):
         self.q, self.k, self.v = q, k, v
         self.kind, self.layer = kind, layer
         self.img, self.txt, self.grid, self.latent_hw = img, txt, grid, latent_hw
+        self.prompt_start = (txt.start if txt is not None else 0) if prompt_start is None else prompt_start
         self._step, self._sigma, self._options = step, sigma, options or {}
         self.roles, self.conds = roles, conds
         self.run = run
@@ -30,6 +37,54 @@ class AttnCall:
         self.block_type, self.block_index = block_type, block_index
         self.changed = False
         self._probs = None
+        self._keep = self._key_bias = False  # not looked up yet
+
+    @property
+    def key_keep(self):
+        """Bool [B, n_keys]: False at text keys that only pad a row's prompt; None when none does (cached per run)."""
+        if self._keep is False:
+            keys = text_keys_of(self.run)
+            self._keep = None if keys is None or not keys.padded or self.txt is None else keys.keep(
+                self.roles, self.conds, self.prompt_start, self.k.shape[2], self.k.device, self.run.store)
+        return self._keep
+
+    @property
+    def key_bias(self):
+        """The padding mask as an additive bias [B, 1, 1, n_keys] in q's dtype, or None."""
+        if self._key_bias is False:
+            keep = self.key_keep
+            self._key_bias = None if keep is None else keep_bias(keep, self.q.dtype)
+        return self._key_bias
+
+    @property
+    def plain(self):
+        """True when the model's own kernel on the call's original q, k, v gives the answer: no controller changed
+        K/V and no text key of the call pads a prompt (else attend(), or a foreign kernel given bias())."""
+        return not self.changed and self.key_keep is None
+
+    def bias(self):
+        """The call's whole additive attention bias (model mask + padded text keys), broadcastable, or None."""
+        return add_bias(as_bias(self.mask, self.q.dtype), self.key_bias)
+
+    def text_keep(self, row):
+        """Bool [n_txt]: the text keys row `row` attends (False at its prompt's padding), or None for all."""
+        keep = self.key_keep
+        return None if keep is None else keep[row, self.txt]
+
+    def text_bias(self, rows=None):
+        """Additive bias [b, 1, 1, n_txt] over the text keys alone (maps whose softmax runs over the text keys), for
+        the batch rows `rows` (a selector; None: all), or None."""
+        keep = self.key_keep
+        if keep is None:
+            return None
+        keep = keep[:, self.txt]
+        return keep_bias(keep if rows is None else keep[rows], self.q.dtype)
+
+    def text_columns(self, positions, role="target"):
+        """Token positions of a `role` row's prompt (e.g. a word's) -> positions among this call's text keys (the
+        slice txt): past the text the model puts first, in the conditioning (Flux.2) or in its forward (SD3)."""
+        start = self.prompt_start - self.txt.start
+        return [start + c for c in word_columns(self.run, positions, role)]
 
     @property
     def step(self):
@@ -92,21 +147,24 @@ class AttnCall:
         """Softmax attention probabilities [batch, heads, q_tokens, k_tokens] of the current q, k (cached)."""
         if self._probs is None:
             logits = (self.q @ self.k.transpose(-1, -2)) * self.scale
-            if self.mask is not None:
-                logits = logits + self.mask
+            bias = self.bias()
+            if bias is not None:
+                logits = logits + bias
             self._probs = logits.softmax(dim=-1)
         return self._probs
 
     def attend(self, q=None, k=None, v=None, bias=None):
-        """Attention with ComfyUI's active kernel; with a mask or `bias` (additive, broadcastable to the logits)
-        through the pack's masked kernel instead, whatever backend ComfyUI selected (attention/masked.py)."""
+        """Attention with ComfyUI's active kernel; with a mask, padded text keys or `bias` (additive, broadcastable
+        to the logits) through the pack's masked kernel instead, whatever backend ComfyUI selected
+        (attention/masked.py)."""
         q = self.q if q is None else q
         k = self.k if k is None else k
         v = self.v if v is None else v
-        if self.mask is None and bias is None:
+        own = self.bias()
+        if own is None and bias is None:
             return comfy_attention.optimized_attention(q, k, v, q.shape[1], skip_reshape=True,
                                                        skip_output_reshape=True)
-        return masked_attention(q, k, v, add_bias(as_bias(self.mask, q.dtype), bias))
+        return masked_attention(q, k, v, add_bias(own, bias))
 
     def image_map(self, values):
         """Reshape per-image-token values [..., n_img] to [..., h, w] on the token grid."""

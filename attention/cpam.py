@@ -56,6 +56,11 @@ def _row_bias(call, r):
     return bias[:, :, call.img] if bias.shape[2] == call.q.shape[2] else bias
 
 
+def _text_region(call, r):
+    """Row r's text (k, v, keep): keep masks the zeros that pad its prompt (None when unpadded)."""
+    return call.k[r:r + 1, :, call.txt], call.v[r:r + 1, :, call.txt], call.text_keep(r)
+
+
 def _reference(call, r):
     """Joint attention: row r's own tokens after the image tokens (FLUX.1 Kontext / FLUX.2 reference latents) as a
     key region that every CPAM region keeps, so the target never loses its reference image; None without any."""
@@ -119,9 +124,10 @@ class _Plan:
             return [(torch.ones(1, device=call.q.device), None, None, None)]  # no image keys in cross-attention
         if part == "text" and call.kind == "self":
             return [(torch.ones(1, device=call.q.device), None, None, None)]
-        sl = call.img if part == "image" else call.txt
-        one = torch.ones(n, device=call.q.device)
-        return [(one, call.k[r:r + 1, :, sl], call.v[r:r + 1, :, sl], None)]
+        if part == "text":
+            return [(torch.ones(n, device=call.q.device),) + _text_region(call, r)]
+        return [(torch.ones(n, device=call.q.device), call.k[r:r + 1, :, call.img], call.v[r:r + 1, :, call.img],
+                 None)]
 
     @staticmethod
     def _keys(call, image, text, reference=None):
@@ -231,6 +237,4 @@ class LocalizedCrossAttention(_CPAMController):
         plan = _plan(call)
         for r, a, pos in pairs:
             m = pick(mt, pos)
-            own = (call.k[r:r + 1, :, call.txt], call.v[r:r + 1, :, call.txt], None)
-            empty = (call.k[a:a + 1, :, call.txt], call.v[a:a + 1, :, call.txt], None)
-            plan.text[r] = [(m,) + own, (1 - m,) + empty]
+            plan.text[r] = [(m,) + _text_region(call, r), (1 - m,) + _text_region(call, a)]

@@ -42,6 +42,7 @@ class Family:
     name = label = ""
     model_class = None
     packed = False        # q, k, v as [B, L, heads*dim] (skip_reshape False) instead of [B, H, L, D]
+    pad_left = False      # shorter prompts are padded on the left (where positions after the text depend on its length)
     counted = True        # the layer of a call is found by counting the calls of a forward
 
     def matches(self, dm):
@@ -58,6 +59,10 @@ class Family:
     def slices(self, dm, length, n_img, txt_len):
         """(text slice, image slice) of a joint call over `length` tokens."""
         raise NotImplementedError
+
+    def prompt_start(self, dm, txt):
+        """The key of the conditioning's first token (tokens the model prepends inside its forward come before)."""
+        return txt.start
 
     def joint_layers(self, dm):
         return tuple(name for name, kind in self.calls(dm) if kind == "joint")
@@ -82,6 +87,9 @@ class SD3Family(Family):
     def slices(self, dm, length, n_img, txt_len):
         return slice(0, length - n_img), slice(length - n_img, length)
 
+    def prompt_start(self, dm, txt):
+        return txt.start + dm.register_length  # the registers come before the context
+
 
 class QwenImageFamily(Family):
     """Qwen-Image: joint attention per block over [text, image (2x2 packed patches), reference latents]."""
@@ -101,6 +109,7 @@ class LuminaFamily(Family):
     """Lumina 2 / Z-Image NextDiT: text-only context refiner and image-only noise refiner layers (passed through),
     then single-stream joint layers over [caption, image]; Z-Image pads both to a multiple of 32 tokens."""
     name, label, model_class = "lumina2", "Lumina 2 / Z-Image (NextDiT)", NextDiT
+    pad_left = True  # the image tokens' positions start after the caption: left padding keeps them relative
 
     def calls(self, dm):
         return (tuple((f"context_refiner.{i}", "text") for i in range(len(dm.context_refiner)))
@@ -192,17 +201,25 @@ def family_attention_override(func, *args, **kwargs):
     options = kwargs.get("transformer_options") or {}
     prev = options.get(hooks.PREV_OVERRIDE_KEY)
 
-    def plain(*qkv):
+    def plain(*qkv, mask=None):
         qkv = qkv or args[:3]
+        call_args, call_kwargs = args[3:], kwargs
+        if mask is not None and len(args) > 4:  # the padding of shorter prompts, as the kernel's mask
+            call_args = (*args[3:4], mask, *args[5:])
+        elif mask is not None:
+            call_kwargs = {**kwargs, "mask": mask}
         if prev is None:
-            return func(*qkv, *args[3:], **kwargs)
-        return hooks._foreign(prev, func, *qkv, *args[3:], **kwargs)
+            return func(*qkv, *call_args, **call_kwargs)
+        return hooks._foreign(prev, func, *qkv, *call_args, **call_kwargs)
     forward = options.get(FORWARD_KEY)
     if forward is None:
         return plain()
     layer, kind, index = forward.next_call(options)
-    chain = options.get(CHAIN_KEY)
-    if not chain or kind != "joint":
+    chain = options.get(CHAIN_KEY) or ()
+    padded = hooks.padded_prompts(options)
+    if kind == "text" and padded:  # a text-only layer (Lumina's context refiner): the prompts' padding masked
+        return _masked_text(args, kwargs, plain, options, forward)
+    if not (chain or padded) or kind != "joint":
         return plain()
     q, k, v = args[:3]
     heads = args[3] if len(args) > 3 else kwargs["heads"]
@@ -214,15 +231,38 @@ def family_attention_override(func, *args, **kwargs):
     roles, conds = hooks._roles(options, q.shape[0])
     call = AttnCall(q, k, v, "joint", layer, img, txt, forward.grid, forward.latent_hw, None, None, roles, conds,
                     options.get(RUN_KEY), mask=kwargs.get("mask", args[4] if len(args) > 4 else None),
-                    block_type=layer.split(".")[0], block_index=index, options=options)
+                    block_type=layer.split(".")[0], block_index=index, options=options,
+                    prompt_start=forward.family.prompt_start(forward.dm, txt))
 
     def compute(c):
-        if not c.changed or prev is not None:  # another node's kernel: also on the K/V the technique chose
-            out = plain(*((hooks._merge_heads(t) for t in (c.q, c.k, c.v)) if packed else (c.q, c.k, c.v)))
+        if c.plain or prev is not None:  # another node's kernel: also on the K/V the technique chose
+            qkv = (hooks._merge_heads(t) for t in (c.q, c.k, c.v)) if packed else (c.q, c.k, c.v)
+            out = plain(*qkv, mask=None if c.key_bias is None else c.bias())
             return out if kwargs.get("skip_output_reshape") else hooks._split_heads(out, heads)
         return c.attend()
     out = run_chain(chain, call, compute)
     return out if kwargs.get("skip_output_reshape") else hooks._merge_heads(out)
+
+
+def _masked_text(args, kwargs, plain, options, forward):
+    """A text-only attention call (keys: the conditioning's tokens, then any the model appends) with the keys that
+    pad a shorter prompt masked, through the kernel the call would have used."""
+    q, k, v = args[:3]
+    heads = args[3] if len(args) > 3 else kwargs["heads"]
+    packed = not kwargs.get("skip_reshape", False)
+    kh = _heads_first(k, heads) if packed else k
+    roles, conds = hooks._roles(options, kh.shape[0])
+    call = AttnCall(_heads_first(q, heads) if packed else q, kh, _heads_first(v, heads) if packed else v, "text",
+                    "text", slice(0, 0), slice(0, kh.shape[2]), forward.grid, forward.latent_hw, None, None, roles,
+                    conds, options.get(RUN_KEY), mask=kwargs.get("mask", args[4] if len(args) > 4 else None),
+                    options=options)
+    return plain(mask=None if call.key_bias is None else call.bias())
+
+
+def pads_left(model):
+    """Whether a MODEL's shorter prompts are padded on the left (its family's positions need it)."""
+    adapter = family_of(diffusion_model(model))
+    return adapter is not None and adapter.pad_left
 
 
 def family_key(model):

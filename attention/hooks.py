@@ -28,6 +28,7 @@ from .context import AttnCall
 from .controller import CHAIN_KEY, RUN_KEY, chain_of, run_chain
 from .run_check import add_run_check
 from .run_state import MISSING_KEY
+from .text_keys import text_keys_of
 
 HOOKED_KEY = "edit_pack_hooked"
 DIT_INFO_KEY = "edit_pack_dit_geometry"
@@ -126,6 +127,22 @@ def _roles(options, batch):
     return run.row_roles(batch, options.get("cond_or_uncond") or [0])
 
 
+def padded_prompts(options):
+    """Whether this call's run padded some branch's prompt: its text keys must then be masked (an AttnCall built and
+    attended, c.plain false), chain or not. Every family's hook asks this with its chain."""
+    keys = text_keys_of(options.get(RUN_KEY))
+    return keys is not None and keys.padded
+
+
+def _warn_unmasked(call, what):
+    told = call.run.store.setdefault("told", set())
+    if what not in told:
+        told.add(what)
+        log.warning("Attention Edit: %s takes no attention mask, so it also sees the zeros that pad the shorter "
+                    "prompts (a small change to those rows); give the branches prompts of equal token length to "
+                    "avoid it", what)
+
+
 def _split_heads(t, heads):
     return t.view(t.shape[0], t.shape[1], heads, t.shape[2] // heads).transpose(1, 2)
 
@@ -159,10 +176,10 @@ class UNetAttnHook:
         else:
             self.added.append((callback, kwargs))
 
-    def plain(self, q, k, v, options):
+    def plain(self, q, k, v, options, mask=None):
         if self.fallback is not None:
             return _foreign(self.fallback, q, k, v, options)
-        return comfy_attention.optimized_attention(q, k, v, options["n_heads"],
+        return comfy_attention.optimized_attention(q, k, v, options["n_heads"], mask=mask,
                                                    attn_precision=options.get("attn_precision"),
                                                    transformer_options=options)
 
@@ -178,8 +195,8 @@ class UNetAttnHook:
         return out.to(q.dtype)
 
     def attend(self, q, k, v, options):
-        chain = options.get(CHAIN_KEY)
-        if not chain or _IN_FOREIGN.get():
+        chain = options.get(CHAIN_KEY) or ()
+        if _IN_FOREIGN.get() or not (chain or (self.kind == "cross" and padded_prompts(options))):
             return self.plain(q, k, v, options)
         heads = options["n_heads"]
         block = options.get("block", ("?", 0))
@@ -193,11 +210,15 @@ class UNetAttnHook:
                         options=options)
 
         def compute(c):
-            if not c.changed:
+            if c.plain:
                 return _split_heads(self.plain(q, k, v, options), heads)
-            if self.fallback is not None or "optimized_attention_override" in options:
-                # another node's attention or kernel, on the K/V the technique chose
+            padding = c.key_bias
+            if self.fallback is not None:  # another node's attention, on the K/V the technique chose
+                if padding is not None:
+                    _warn_unmasked(c, f"another node's attention patch on {c.layer}")
                 return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options), heads)
+            if "optimized_attention_override" in options:  # another node's kernel: given the padding as its mask
+                return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options, padding), heads)
             return c.attend()
         return _merge_heads(run_chain(chain, call, compute))
 
@@ -234,14 +255,15 @@ def dit_attention_override(func, *args, **kwargs):
     options = kwargs.get("transformer_options") or {}
     prev = options.get(PREV_OVERRIDE_KEY)
 
-    def plain(*qkv):
+    def plain(*qkv, mask=None):
         qkv = qkv or args[:3]
+        call_kwargs = kwargs if mask is None else {**kwargs, "mask": mask}
         if prev is None:
-            return func(*qkv, *args[3:], **kwargs)
-        return _foreign(prev, func, *qkv, *args[3:], **kwargs)
-    chain = options.get(CHAIN_KEY)
+            return func(*qkv, *args[3:], **call_kwargs)
+        return _foreign(prev, func, *qkv, *args[3:], **call_kwargs)
+    chain = options.get(CHAIN_KEY) or ()
     geometry = options.get(DIT_INFO_KEY)
-    if not chain or geometry is None or not kwargs.get("skip_reshape", False):
+    if not (chain or padded_prompts(options)) or geometry is None or not kwargs.get("skip_reshape", False):
         return plain()
     q, k, v, heads = args[:4]
     txt_len, h, w, latent_hw = geometry
@@ -252,8 +274,9 @@ def dit_attention_override(func, *args, **kwargs):
                     mask=kwargs.get("mask"), block_type=block_type, block_index=index, options=options)
 
     def compute(c):
-        if not c.changed or prev is not None:  # another node's kernel: also on the K/V the technique chose
-            out = plain(c.q, c.k, c.v)
+        if c.plain or prev is not None:
+            # unchanged, or another node's kernel: also on the K/V the technique chose, given the padding as mask
+            out = plain(c.q, c.k, c.v, mask=None if c.key_bias is None else c.bias())
             return out if kwargs.get("skip_output_reshape") else _split_heads(out, heads)
         return c.attend()
     out = run_chain(chain, call, compute)

@@ -12,6 +12,7 @@ class RunState:
 
     branches: the role of each block of the latent batch, in order, e.g. ("source", "target").
     per_branch: latent batch items per branch (the latent batch is branches x per_branch).
+    text_keys: where each row's prompt tokens lie among the text keys and which are padding (or None).
     """
 
     def __init__(self, branches=("target",), per_branch=1, phase="sample", total_steps=0, latent_hw=None):
@@ -21,6 +22,7 @@ class RunState:
         self.total_steps = total_steps
         self.step = None  # None: derived from the current sigma; samplers of the pack set it
         self.latent_hw = latent_hw
+        self.text_keys = None  # TextKeys (attention/text_keys.py) of a conditioning the pack laid out, else None
         self.store = {}
 
     def __deepcopy__(self, memo):  # travels inside model_options, which ComfyUI deep-copies on clone

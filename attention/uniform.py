@@ -49,28 +49,40 @@ class UniformAttention(Controller):
     def after(self, call, out):
         rows = call.index(self.chosen_rows(call))
         out = out.clone()
+        keep = call.key_keep  # the zeros padding a shorter prompt are not text tokens of its map
+        keep = None if keep is None else keep[rows][:, call.txt]
         if call.kind == "cross":
-            out[rows] = uniform_cross(call.v[rows], out.shape[2]).to(out.dtype)
+            out[rows] = uniform_cross(call.v[rows], out.shape[2], keep).to(out.dtype)
         else:
             img = call.img
             out[rows, :, img] = uniform_text_joint(call.q[rows][:, :, img], call.k[rows], call.v[rows], call.txt,
-                                                   call.scale, _rows_mask(call, rows)).to(out.dtype)
+                                                   call.scale, _rows_mask(call, rows), keep).to(out.dtype)
         return out
 
     def __repr__(self):
         return f"UniformAttention({self.branches}, during_inversion={self.during_inversion})"
 
 
-def uniform_cross(v, n_queries):
-    """Cross-attention output with the map 1/N: mean of V [B, H, N, D] over tokens, for every query."""
-    return v.mean(dim=2, keepdim=True).expand(v.shape[0], v.shape[1], n_queries, v.shape[3])
+def text_mean(v, keep=None):
+    """Mean of V [B, H, N, D] over its N tokens, [B, H, 1, D]; keep [B, N] (bool): over the kept tokens only."""
+    if keep is None:
+        return v.mean(dim=2, keepdim=True)
+    w = keep.to(v.dtype)[:, None, :, None]
+    return (v * w).sum(dim=2, keepdim=True) / w.sum(dim=2, keepdim=True).clamp(min=1)
+
+
+def uniform_cross(v, n_queries, keep=None):
+    """Cross-attention output with the map 1/N: mean of V [B, H, N, D] over tokens (the kept ones, keep [B, N]),
+    for every query."""
+    return text_mean(v, keep).expand(v.shape[0], v.shape[1], n_queries, v.shape[3])
 
 
 def _rows_mask(call, rows):
     """The call's attention mask for the chosen rows and the image queries, 4-d and broadcastable (not expanded)."""
-    if call.mask is None:
+    mask = call.bias()
+    if mask is None:
         return None
-    mask = as_4d(call.mask)
+    mask = as_4d(mask)
     if mask.shape[0] == call.q.shape[0]:
         mask = mask[rows]
     return mask[:, :, call.img] if mask.shape[2] == call.q.shape[2] else mask
@@ -87,12 +99,13 @@ def _without(t, part, dim):
     return torch.cat([t.narrow(dim, 0, start), t.narrow(dim, stop, length - stop)], dim)
 
 
-def uniform_text_joint(q, k, v, txt, scale, mask=None):
+def uniform_text_joint(q, k, v, txt, scale, mask=None, text_keep=None):
     """Joint-attention output of queries q [B, H, Lq, D] over all keys k, v [B, H, L, D], with the attention to the
-    text keys (slice `txt`) replaced by its total mass spread evenly over them. Exact, in float32, chunked."""
+    text keys (slice `txt`) replaced by its total mass spread evenly over them (over the kept ones, text_keep
+    [B, n_txt]: the mask must then exclude the others). Exact, in float32, chunked."""
     n_txt = txt.stop - txt.start
     v32 = v.float()
-    v_mean = v32[:, :, txt].mean(dim=2, keepdim=True) if n_txt else v32[:, :, :1] * 0  # [B, H, 1, D]
+    v_mean = text_mean(v32[:, :, txt], text_keep) if n_txt else v32[:, :, :1] * 0  # [B, H, 1, D]
     v_rest = _without(v32, txt, 2)
     chunk = max(1, CHUNK_ELEMENTS // max(1, q.shape[0] * q.shape[1] * k.shape[2]))
     outs = []

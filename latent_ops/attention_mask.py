@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from ..attention.controller import RUN_KEY, Controller
 from ..attention.hooks import model_family, self_attention_layers, with_controller
+from ..attention.masked import as_4d
 from ..attention.run_state import RunState
+from .conditioning import text_layout
 from .guided_loop import run_guided
 from .masks import resize
 
@@ -124,16 +126,22 @@ class WordAttention(Controller):
 
     def after(self, call, out):
         rows = call.index(call.rows(None, True))
-        if call.txt.stop - call.txt.start <= max(self.positions):
-            raise ValueError(f"word: token position {max(self.positions)} lies beyond the model's "
+        positions = call.text_columns(self.positions, "source")  # shifted by text the model puts first (Flux.2)
+        if call.txt.stop - call.txt.start <= max(positions):
+            raise ValueError(f"word: token position {max(positions)} lies beyond the model's "
                              f"{call.txt.stop - call.txt.start} text tokens; the CLIP does not match this conditioning")
-        cols = call.index([call.txt.start + p for p in self.positions])
         q = call.q[rows][:, :, call.img]
         if call.kind == "joint":
-            bias = None if call.mask is None else call.mask[rows][..., call.img, :]
-            m = word_attention(q, call.k[rows], cols, call.scale, bias)
+            bias = call.bias()
+            if bias is not None:
+                bias = as_4d(bias)
+                bias = bias[rows] if bias.shape[0] == call.q.shape[0] else bias
+                bias = bias[..., call.img, :] if bias.shape[2] == call.q.shape[2] else bias
+            m = word_attention(q, call.k[rows], call.index([call.txt.start + p for p in positions]), call.scale,
+                               bias)
         else:
-            m = word_attention(q, call.k[rows][:, :, call.txt], call.index(self.positions), call.scale)
+            m = word_attention(q, call.k[rows][:, :, call.txt], call.index(positions), call.scale,
+                               call.text_bias(rows))
         m = call.image_map(m)
         entry = call.run.store.get(MAPS_KEY)
         if entry is not None and tuple(entry[0].shape[-2:]) != tuple(m.shape[-2:]):  # U-Net: finest grid wins
@@ -177,6 +185,8 @@ def word_attention_map(model, latent, positive, positions, seed=0, dit_layers="a
     run = RunState(branches=("source",), per_branch=latent.shape[0], phase="capture", total_steps=1,
                    latent_hw=tuple(latent.shape[-2:]))
     run.step = 0
+    if len(positive) == 1:  # word positions shift by the text the model puts first (Flux.2's left padding)
+        positive, run.text_keys = text_layout(model, positive, "source")
     patched.model_options["transformer_options"][RUN_KEY] = run
 
     def loop(model_fn, x, sig):

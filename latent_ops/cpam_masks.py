@@ -9,6 +9,7 @@ Strategies for M_t (the region the edited object should occupy):
 """
 
 from ..attention.capture import AttentionCapture, captured_maps
+from ..attention.text_keys import word_columns
 from .masks import as_mask
 
 MODES = ("source", "cross_attention", "given")
@@ -70,6 +71,7 @@ class TargetMask:
         bad = [t for t in self.tokens if t >= maps.shape[1]]
         if bad:
             raise ValueError(f"mask_tokens: positions {bad} exceed the prompt's {maps.shape[1]} tokens")
-        region = maps[index(rows)][:, index(self.tokens)].sum(1)  # [n_target, H, W]
+        columns = word_columns(run, self.tokens)  # shifted by text the model puts first (Flux.2)
+        region = maps[index(rows)][:, index(columns)].sum(1)  # [n_target, H, W]
         region = region / region.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
         return (region >= self.threshold).float()

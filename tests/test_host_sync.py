@@ -18,6 +18,7 @@ def m(pack):
         kv_store = pack("attention.kv_store")
         injection = pack("attention.source_injection")
         uniform = pack("attention.uniform")
+        capture = pack("attention.capture")
         record = pack("attention.attention_record")
         inversion = pack("latent_ops.inversion")
         edit = pack("latent_ops.edit")
@@ -38,10 +39,12 @@ def source_latent(batch):
     return torch.randn(batch, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5
 
 
-def edit_run(m, fixtures, kind, patch, batch=1, aux=False, cache=False, inference=False):
-    """Inverts, patches the model with `patch(model)` and edits under the counter; returns the counted calls."""
+def edit_run(m, fixtures, kind, patch, batch=1, aux=False, cache=False, inference=False, target_length=8):
+    """Inverts, patches the model with `patch(model)` and edits under the counter; returns the counted calls.
+    target_length: the target prompt's token count (other than 8: the prompts are padded to one length)."""
     model = fixtures.tiny_model(kind)
-    pos, tgt, empty = (fixtures.tiny_conditioning(t) for t in ("a red cat", "a blue cat", ""))
+    pos, empty = (fixtures.tiny_conditioning(t) for t in ("a red cat", ""))
+    tgt = fixtures.tiny_conditioning("a blue cat", length=target_length)
     inv_model = m.hooks.with_controller(model, m.kv_store.KVStore(dtype=torch.float32)) if cache else model
     with torch.inference_mode(inference):
         inv = m.inversion.invert(inv_model, source_latent(batch), pos, steps=STEPS,
@@ -102,6 +105,15 @@ def uniform(m, fixtures, kind):
                     aux=True)
 
 
+def padded_prompts(m, fixtures, kind):
+    """Prompts of different lengths: the padded text keys masked in every call, techniques and maps included."""
+    def patch(model):
+        model = m.hooks.with_controller(model, m.uniform.UniformAttention("target", during_inversion=False))
+        model = m.hooks.with_controller(model, m.kv_mix.KVMix(half_mask(), 0.9, STEPS, "change", "batch"))
+        return m.hooks.with_controller(model, m.capture.AttentionCapture("maps", phases=("edit",)))
+    return edit_run(m, fixtures, kind, patch, aux=True, target_length=40)
+
+
 def unifyedit_record(m, fixtures, kind):
     def patch(model):
         record = m.record.AttentionRecord((1,), sa_scales=None, ca_scales=None)
@@ -134,7 +146,7 @@ def word_mask(m, fixtures, kind):
 CASES = {"kv_mix_batch": kv_mix("batch"), "kv_mix_cache": kv_mix("cache"), "injection_kv": injection("key+value"),
          "injection_v": injection("value"), "cpam_self_change": cpam_self("change"),
          "cpam_self_remove": cpam_self("remove"), "cpam_cross": cpam_cross, "cpam_both": cpam_both,
-         "uniform": uniform, "unifyedit_record": unifyedit_record, "word_mask": word_mask}
+         "uniform": uniform, "padded_prompts": padded_prompts, "unifyedit_record": unifyedit_record, "word_mask": word_mask}
 
 
 def summary(calls):

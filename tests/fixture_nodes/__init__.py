@@ -71,11 +71,13 @@ def reference_latent():
     return torch.randn(1, 4, *REFERENCE_HW, generator=torch.Generator().manual_seed(7))
 
 
-def tiny_conditioning(text, kind=""):
-    """Token states [1, TOKENS, CONTEXT_DIM]: one deterministic vector per word, zero padding; pooled = mean.
-    kind "flux_kontext": the conditioning also carries the reference latent (ComfyUI's 'reference_latents')."""
-    words = text.lower().split()[:TOKENS]
-    states = torch.zeros(1, TOKENS, CONTEXT_DIM)
+def tiny_conditioning(text, kind="", length=TOKENS):
+    """Token states [1, length, CONTEXT_DIM]: one deterministic vector per word, zero padding; pooled = mean.
+    kind "flux_kontext": the conditioning also carries the reference latent (ComfyUI's 'reference_latents').
+    length None: one token per word (an encoder that does not pad, as Flux.2's or Qwen-Image's)."""
+    length = max(len(text.split()), 1) if length is None else length
+    words = text.lower().split()[:length]
+    states = torch.zeros(1, length, CONTEXT_DIM)
     for i, word in enumerate(words):
         states[0, i] = word_vector(word)
     pooled = states[0, :max(len(words), 1)].mean(0, keepdim=True)
@@ -101,13 +103,15 @@ class TinyTestConditioning:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"text": ("STRING", {"default": ""})},
-                "optional": {"kind": (["", *KINDS], {"default": ""})}}
+                "optional": {"kind": (["", *KINDS], {"default": ""}),
+                             "length": ("INT", {"default": TOKENS, "min": 0, "max": 4096,
+                                                "tooltip": "token count; 0: one token per word"})}}
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "encode"
     CATEGORY = "testing"
 
-    def encode(self, text, kind=""):
-        return (tiny_conditioning(text, kind),)
+    def encode(self, text, kind="", length=TOKENS):
+        return (tiny_conditioning(text, kind, length or None),)
 
 
 class WordClip:
