@@ -54,8 +54,27 @@ def _find(seq, sub):
     return [i for i in range(len(seq) - len(sub) + 1) if all(_same(seq[i + j], sub[j]) for j in range(len(sub)))]
 
 
-def word_token_positions(clip, prompt, word, family="unet"):
-    """Positions of `word` (one or more words) in the tokenized `prompt`, as a sorted list; clear errors."""
+def _by_difference(clip, prompt, word, key):
+    """Token positions of each occurrence of `word`, found by tokenizing the prompt with that occurrence replaced:
+    the tokens that differ are the word's. For tokenizers whose word ids do not separate the prompt's words (the
+    LLM encoders' chat templates: Qwen-Image, Z-Image), where the word alone tokenizes unlike in context."""
+    def tokens(text):
+        return [t for t, _ in _flat_tokens(clip.tokenize(text, return_word_ids=True), key)]
+    base, found = tokens(prompt), []
+    for m in re.finditer(rf"(?<![\w'-]){re.escape(word)}(?![\w'-])", prompt, flags=re.IGNORECASE):
+        other = tokens(prompt[:m.start()] + "|" + prompt[m.end():])
+        start = next((i for i, (a, b) in enumerate(zip(base, other)) if not _same(a, b)), None)
+        if start is None:
+            continue
+        tail = next(i for i, (a, b) in enumerate(zip(base[::-1], other[::-1])) if not _same(a, b))
+        found += range(start, len(base) - tail)
+    return found
+
+
+def word_token_positions(clip, prompt, word, family="unet", cond_length=None):
+    """Positions of `word` (one or more words) in the tokenized `prompt`, as a sorted list; clear errors.
+    cond_length: the encoded prompt's token count; an encoder that drops a template prefix (Qwen-Image) makes it
+    shorter than the tokenized prompt, and positions found by difference are shifted by what it dropped."""
     words = prompt_words(prompt)
     wanted = prompt_words(word)
     if not wanted:
@@ -78,6 +97,10 @@ def word_token_positions(clip, prompt, word, family="unet"):
             if found:
                 break
         if not found:
+            found = _by_difference(clip, prompt, w, key)
+            if found and cond_length is not None and len(flat) > cond_length:
+                found = [p - (len(flat) - cond_length) for p in found]
+        if not found or min(found) < 0:
             raise ValueError(f"word: the tokens of '{w}' were not found in the tokenized source prompt "
                              f"(tokenizer '{key}'); try another of its words: {words}")
         positions.update(found)

@@ -128,7 +128,7 @@ class EditMaskFromAttention:
         family = family_key(model)
         if not source_prompt.strip():
             raise ValueError("source_prompt: empty; enter the source prompt text that the positive input encodes")
-        positions = word_token_positions(clip, source_prompt, word, family)
+        positions = word_token_positions(clip, source_prompt, word, family, cond_length=positive[0][0].shape[1])
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         word_map = word_attention_map(model, samples, positive, positions, dit_layers=dit_layers)
         mask = mask_from_map(word_map, dilation)

@@ -316,3 +316,29 @@ def test_proedit_graph_runs(run, kind):
     out = run(prompt)
     edited = out["10"][0]["samples"]
     assert edited.shape == (1, 4, 16, 16) and torch.isfinite(edited).all()
+
+
+@pytest.mark.parametrize("family", ["qwen_image", "z_image"])
+def test_word_positions_through_llm_chat_templates(pack, family):
+    """Qwen-Image's and Z-Image's real tokenizers (ComfyUI ships them) wrap the prompt in a chat template and give
+    every token one word id: each occurrence of the word is found by difference, in the encoded prompt's positions
+    (Qwen-Image's encoder drops the template's prefix: 5 tokens of template follow the prompt in both)."""
+    import comfy.sd
+    from comfy.text_encoders import qwen_image, z_image
+    am = pack("latent_ops.attention_mask")
+    tokenizer = {"qwen_image": qwen_image.QwenImageTokenizer, "z_image": z_image.ZImageTokenizer}[family]()
+    clip = comfy.sd.CLIP(no_init=True)  # ComfyUI's CLIP with its real tokenizer; no text model is needed here
+    clip.tokenizer, clip.tokenizer_options = tokenizer, {}
+    hf = getattr(tokenizer, tokenizer.clip).tokenizer
+    prompt = "a photo of a cat sitting on a cat tree"
+    user = hf(prompt)["input_ids"]
+    total = sum(len(chunk) for chunk in clip.tokenize(prompt)[tokenizer.clip])
+    prefix = total - len(user) - 5
+    kept = len(user) + 5 if family == "qwen_image" else total  # what the encoder hands the model
+    first = prefix if family == "z_image" else 0
+    expected = [first + i for i, t in enumerate(user) if hf.decode([t]).strip() == "cat"]
+    assert len(expected) == 2
+    assert am.word_token_positions(clip, prompt, "cat", "dit", cond_length=kept) == expected
+    assert am.word_token_positions(clip, prompt, "photo", "dit", cond_length=kept) == [first + 1]
+    with pytest.raises(ValueError, match="not in the source prompt"):
+        am.word_token_positions(clip, prompt, "dog", "dit", cond_length=kept)
