@@ -265,6 +265,12 @@ def pads_left(model):
     return adapter is not None and adapter.pad_left
 
 
+def text_multiple(model):
+    """The multiple a MODEL pads its caption to itself with a learned token it attends (Z-Image: 32), or None."""
+    dm = diffusion_model(model)
+    return getattr(dm, "pad_tokens_multiple", None) if family_of(dm) is not None else None
+
+
 def family_key(model):
     """'unet', 'flux' or the Family name of a MODEL (after hooks.model_family accepted it)."""
     family = hooks.model_family(model)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import comfy.samplers
 import torch
 
-from ..attention.dit_families import pads_left
+from ..attention.dit_families import pads_left, text_multiple
 from ..attention.text_keys import TextKeys
 
 # Options ComfyUI's sampler applies to whole model calls (comfy/samplers.py get_area_and_mult, hooks, GLIGEN).
@@ -144,6 +144,9 @@ def lay_out(model, conds, names, roles, per_branch, negative=None):
     texts = [model_text(model, t, opts) for t, opts in entries]  # each prompt as the model pads it itself
     neg_text = model_text(model, *neg) if neg else None
     length = max(t.shape[1] for t, _ in texts + ([neg_text] if neg else []))
+    multiple = text_multiple(model)
+    if multiple and "target" in roles:  # Z-Image: the target's own learned padding and text-to-image distance
+        length += (texts[roles.index("target")][0].shape[1] - length) % multiple
     left = pads_left(model)
 
     def row(tensor, shift):  # (shift, lo, hi) of a prompt padded to `length`
