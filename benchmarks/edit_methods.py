@@ -203,6 +203,32 @@ METHODS = {
 }
 
 
+def local_prompt(case):
+    """What the edit mask should contain, as an inpainting user writes it: the target's new objects (none for a
+    removal or a background) on its background."""
+    from embedded import dataset
+    kept = [(o["shape"], o["color"]) for o in case.source["objects"]]
+    new = [o for o in case.target["objects"] if (o["shape"], o["color"]) not in kept]
+    return dataset.caption({"background": case.target["background"], "objects": new})
+
+
+def _local(builder):
+    """`builder` with the target prompt replaced by the case's local prompt (the mask's content only)."""
+    def build(denoiser, case, image_name, steps):
+        prompt, edited, recon = builder(denoiser, case, image_name, steps)
+        for node in prompt.values():
+            if node["class_type"] == "CLIPTextEncode" and node["inputs"]["text"] == case.target_prompt:
+                node["inputs"]["text"] = local_prompt(case)
+        return prompt, edited, recon
+    return build
+
+
+# with a drawn mask, the target prompt describes what the mask should contain (recolour one of two objects: the
+# other object's colour no longer competes for the masked region)
+METHODS["flowedit_keep_exact_mask_paste_local"] = _local(METHODS["flowedit_keep_exact_mask_paste"])
+METHODS["keep_exact_mask_paste_local"] = _local(METHODS["keep_exact_mask_paste"])
+
+
 def supports(method, denoiser):
     """False for a method that exists for one denoiser family only."""
     return method not in (UNET_ONLY if denoiser == "flux" else FLUX_ONLY)
