@@ -17,7 +17,7 @@ from ..attention.masked import as_4d
 from ..attention.run_state import RunState
 from .conditioning import text_layout
 from .guided_loop import run_guided
-from .masks import resize
+from .masks import dilate as grow, resize
 
 MAPS_KEY = "edit_word_maps"
 
@@ -129,9 +129,7 @@ def mask_from_map(word_map, dilate=1):
     """[B, h, w] attention map -> binary mask: above the per-image mean, dilated by `dilate` tokens."""
     mean = word_map.flatten(1).mean(-1).view(-1, 1, 1)
     mask = (word_map > mean).float()
-    if dilate > 0:
-        mask = F.max_pool2d(mask[:, None], 2 * dilate + 1, stride=1, padding=dilate)[:, 0]
-    return mask
+    return grow(mask, dilate)
 
 
 class WordAttention(Controller):

@@ -14,10 +14,9 @@ step (DDIM / Euler) land exactly there; with rf_solver / fireflow it acts on the
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .latent_hooks import LatentHook
-from .masks import as_mask, per_batch, resize
+from .masks import as_mask, dilate, per_batch, resize  # noqa: F401  (dilate: also blend.dilate)
 
 MASKS_KEY = "blend_masks"
 MODES = ("adaptive", "fixed_mask")
@@ -29,14 +28,6 @@ def ramp_quantile(q, step, total_steps):
     if total_steps <= 1:
         return float(q)
     return float(q) * step / (total_steps - 1)
-
-
-def dilate(mask, radius=1):
-    """Binary dilation of mask [B, C, (T,) H, W] per channel (and frame) by a (2r+1)x(2r+1) square."""
-    if radius <= 0:
-        return mask
-    flat = mask.reshape(-1, 1, *mask.shape[-2:])
-    return F.max_pool2d(flat, 2 * radius + 1, stride=1, padding=radius).reshape(mask.shape)
 
 
 def broadcast_to_latent(mask, x):

@@ -4,22 +4,16 @@ Latent blending (Keep Outside Mask) can keep the outside only as well as the VAE
 source pixels makes it exact. The mask is resized to the image, grown by `grow` pixels, and feathered by `feather`
 pixels *inward* (a soft edge inside the grown mask), so every pixel outside the grown mask is the source's own.
 """
-import torch.nn.functional as F
-
 from .blend import resize_mask
+from .masks import box_blur, check_shape, dilate
 
 
 def paste_mask(mask, hw, batch, grow=0, feather=0):
     """A ComfyUI MASK -> [batch, h, w, 1] at image size: 1 keeps the edit, 0 takes the source."""
-    mh, mw = mask.shape[-2:]
-    if mh * hw[1] != mw * hw[0]:
-        raise ValueError(f"mask: it is {mh}x{mw} but the image is {hw[0]}x{hw[1]} (another shape); give a mask of "
-                         f"the edited image's size")
-    m = resize_mask(mask, hw, batch).clamp(0, 1)
-    if grow > 0:
-        m = F.max_pool2d(m, 2 * grow + 1, stride=1, padding=grow)
+    check_shape(mask, hw, "image")
+    m = dilate(resize_mask(mask, hw, batch).clamp(0, 1), grow)
     if feather > 0:  # 1 - blur(1 - m) <= m: the edge softens inward only
-        outside = F.avg_pool2d(1 - m, 2 * feather + 1, stride=1, padding=feather, count_include_pad=False)
+        outside = box_blur(1 - m, feather)
         m = m.minimum(1 - outside)
     return m.movedim(1, -1)
 

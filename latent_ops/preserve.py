@@ -5,11 +5,10 @@ The mask is resized to the latent grid (area averaging: soft edge cells), option
 and feathered with a box blur; 1 keeps the edit, 0 takes the source. An all-ones mask changes nothing and an
 all-zeros mask returns the source exactly (with steps up to the last).
 """
-import torch.nn.functional as F
 
 from .blend import broadcast_to_latent, resize_mask
 from .latent_hooks import LatentHook
-from .masks import as_mask
+from .masks import as_mask, box_blur, check_shape, dilate
 
 REFERENCE_KEY = "source_trajectory"  # run.store: the source latent at every sigma of the schedule
 
@@ -18,10 +17,9 @@ def latent_mask(mask, hw, batch, grow=0, feather=0):
     """A ComfyUI MASK -> [batch, 1, h, w] on the latent grid, grown by `grow` cells and box-feathered by
     `feather` cells (only inward from the grown edge: the mask never shrinks below the grown hard mask)."""
     m = resize_mask(mask, hw, batch)
-    if grow > 0:
-        m = F.max_pool2d(m, 2 * grow + 1, stride=1, padding=grow)
+    m = dilate(m, grow)
     if feather > 0:
-        soft = F.avg_pool2d(m, 2 * feather + 1, stride=1, padding=feather, count_include_pad=False)
+        soft = box_blur(m, feather)
         m = soft.maximum(m)
     return m.clamp(0, 1)
 
@@ -50,10 +48,7 @@ class PreserveHook(LatentHook):
         key = (tuple(x.shape[-2:]), per_branch, x.device, x.dtype)
         if key not in self._cache:
             hw = x.shape[-2:]
-            mh, mw = as_mask(self.mask).shape[-2:]
-            if mh * hw[1] != mw * hw[0]:
-                raise ValueError(f"mask: it is {mh}x{mw} but the latent is {hw[0]}x{hw[1]} (an image of another "
-                                 f"shape); give a mask of the edited image's size")
+            check_shape(as_mask(self.mask), hw, "latent")
             m = broadcast_to_latent(latent_mask(self.mask, hw, per_branch, self.grow, self.feather), x)
             self._cache = {key: m.to(device=x.device, dtype=x.dtype)}
         return self._cache[key]
