@@ -66,6 +66,15 @@ class AttnCall:
         """The call's whole additive attention bias (model mask + padded text keys), broadcastable, or None."""
         return add_bias(as_bias(self.mask, self.q.dtype), self.key_bias)
 
+    def row_bias(self, row, queries=slice(None)):
+        """bias() for batch row `row` and the query positions `queries` (a slice), broadcastable, or None."""
+        bias = self.bias()
+        if bias is None:
+            return None
+        if bias.shape[0] == self.q.shape[0] and bias.shape[0] > 1:
+            bias = bias[row:row + 1]
+        return bias[:, :, queries] if bias.shape[2] == self.q.shape[2] else bias
+
     def text_keep(self, row):
         """Bool [n_txt]: the text keys row `row` attends (False at its prompt's padding), or None for all."""
         keep = self.key_keep

@@ -61,15 +61,17 @@ def score(case, edited, recon, scorer):
     return row
 
 
-def run(denoisers, method_names, cases, steps, out_path, per_kind=6, builders=None, kinds=None):
+def run(denoisers, method_names, cases, steps, out_path, per_kind=6, builders=None, kinds=None, seed=None):
     """builders: optional {name: build(denoiser, case, image_name, steps)} used instead of edit_methods'
-    (e.g. benchmarks/unifyedit_sweep.py's parameter variants); kinds: keep only cases of these edit kinds."""
+    (e.g. benchmarks/unifyedit_sweep.py's parameter variants); kinds: keep only cases of these edit kinds; seed:
+    the layout cases' seed (another than the benchmark's gives a tuning set)."""
     import torch
     from harness import runtime
     import edit_methods
     from embedded.edit_suite import benchmark_cases
     runtime.boot()
-    suite = [c for c in benchmark_cases(per_kind) if not kinds or c.kind in kinds]
+    from embedded.edit_suite import SEED
+    suite = [c for c in benchmark_cases(per_kind, SEED if seed is None else seed) if not kinds or c.kind in kinds]
     if not suite:
         raise ValueError(f"--kinds {kinds}: no benchmark case of these kinds")
     chosen = suite[:cases] if cases else suite

@@ -6,6 +6,7 @@ reconstruction IMAGE or None). Technique methods reuse the MODEL patches of the 
 """
 import build as workflows  # noqa: I001 (workflows/ is on sys.path)
 from graph import Graph
+from embedded.edit_cases import local_prompt, region_words
 
 CFG = {"unet": 4.0, "flux": 3.0}
 UNET_ONLY = {"unifyedit", "unifyedit_drift"}  # see workflows/build.py UNET_ONLY
@@ -203,15 +204,6 @@ METHODS = {
 }
 
 
-def local_prompt(case):
-    """What the edit mask should contain, as an inpainting user writes it: the target's new objects (none for a
-    removal or a background) on its background."""
-    from embedded import dataset
-    kept = [(o["shape"], o["color"]) for o in case.source["objects"]]
-    new = [o for o in case.target["objects"] if (o["shape"], o["color"]) not in kept]
-    return dataset.caption({"background": case.target["background"], "objects": new})
-
-
 def _local(builder):
     """`builder` with the target prompt replaced by the case's local prompt (the mask's content only)."""
     def build(denoiser, case, image_name, steps):
@@ -227,6 +219,39 @@ def _local(builder):
 # other object's colour no longer competes for the masked region)
 METHODS["flowedit_keep_exact_mask_paste_local"] = _local(METHODS["flowedit_keep_exact_mask_paste"])
 METHODS["keep_exact_mask_paste_local"] = _local(METHODS["keep_exact_mask_paste"])
+
+
+def _region(**settings):
+    """Region Prompt on the exact mask with the local prompt as the target prompt (workflows.REGION's settings,
+    overridden by `settings`); its CONDITIONING becomes the target's."""
+    def patch(g, ctx):
+        case = ctx["case"]
+        node = g.add("AttentionEditRegionPrompt", model=ctx["model"], clip=ctx["clip"], mask=ctx["mask"],
+                     prompt=local_prompt(case), words=region_words(case), **{**workflows.REGION, **settings})
+        ctx["enc"]["target"] = ctx["tgt"] = node[1]
+        return node[0]
+    return patch
+
+
+def _chain(*patches):
+    """MODEL patches applied in order (each sees the previous one's MODEL as ctx["model"])."""
+    def patch(g, ctx):
+        for p in patches:
+            ctx["model"] = p(g, ctx)
+        return ctx["model"]
+    return patch
+
+
+def region_methods(cell_threshold=None, **settings):
+    """Region Prompt + Keep Outside Mask (cell_threshold: the workflows' by default) + paste-back, exact mask, in
+    the Edit Sampler (the region_add workflows) and in FlowEdit."""
+    threshold = workflows.ADD_CELL_THRESHOLD if cell_threshold is None else cell_threshold
+    both = _chain(_region(**settings), _keep(paste=True, cell_threshold=threshold))
+    return {"region_keep_exact_mask_paste": lambda d, c, i, s: _graph(d, c, i, s, patch=both),
+            "flowedit_region_keep_exact_mask_paste": _flowedit(both, **FLOWEDIT_MASKED)}
+
+
+METHODS.update(region_methods())
 
 
 def supports(method, denoiser):

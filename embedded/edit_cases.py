@@ -45,6 +45,22 @@ class EditCase:
         return edit, 1.0 - dilate(edit > 0.05, 2).astype(np.float32)
 
 
+def local_prompt(case):
+    """What the edit mask should contain, as an inpainting user writes it: the target's new objects (none for a
+    removal or a background) on its background."""
+    kept = [(o["shape"], o["color"]) for o in case.source["objects"]]
+    new = [o for o in case.target["objects"] if (o["shape"], o["color"]) not in kept]
+    return dataset.caption({"background": case.target["background"], "objects": new})
+
+
+def region_words(case):
+    """The words of the local prompt that belong inside the mask: the new objects' colour and shape, else (a
+    removal, a new background) the background's."""
+    kept = [(o["shape"], o["color"]) for o in case.source["objects"]]
+    new = [f"{o['color']} {o['shape']}" for o in case.target["objects"] if (o["shape"], o["color"]) not in kept]
+    return " ".join(new) if new else f"{case.target['background']} background"
+
+
 def edit_instruction(source, target):
     """A template instruction for the edit source scene -> target scene (the phrasings the region predictor was
     trained on, embedded/train_region_predictor.py): 'make the background green', 'make the red circle yellow',

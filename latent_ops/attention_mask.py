@@ -71,17 +71,19 @@ def _by_difference(clip, prompt, word, key):
     return found
 
 
-def word_token_positions(clip, prompt, word, family="unet", cond_length=None):
+def word_token_positions(clip, prompt, word, family="unet", cond_length=None, names=("word", "source prompt")):
     """Positions of `word` (one or more words) in the tokenized `prompt`, as a sorted list; clear errors.
     cond_length: the encoded prompt's token count; an encoder that drops a template prefix (Qwen-Image) makes it
-    shorter than the tokenized prompt, and positions found by difference are shifted by what it dropped."""
+    shorter than the tokenized prompt, and positions found by difference are shifted by what it dropped.
+    names: (the word input's name, the prompt's name) for the error messages."""
+    name, where = names
     words = prompt_words(prompt)
     wanted = prompt_words(word)
     if not wanted:
-        raise ValueError(f"word: empty; name the edited object, one of the prompt's words: {words}")
+        raise ValueError(f"{name}: empty; name the edited object, one of the prompt's words: {words}")
     missing = [w for w in wanted if w not in words]
     if missing:
-        raise ValueError(f"word: {missing} not in the source prompt; its words are {words}")
+        raise ValueError(f"{name}: {missing} not in the {where}; its words are {words}")
     tokenized = clip.tokenize(prompt, return_word_ids=True)
     key = tokenizer_key(tokenized, family)
     flat = _flat_tokens(tokenized, key)
@@ -101,7 +103,7 @@ def word_token_positions(clip, prompt, word, family="unet", cond_length=None):
             if found and cond_length is not None and len(flat) > cond_length:
                 found = [p - (len(flat) - cond_length) for p in found]
         if not found or min(found) < 0:
-            raise ValueError(f"word: the tokens of '{w}' were not found in the tokenized source prompt "
+            raise ValueError(f"{name}: the tokens of '{w}' were not found in the tokenized {where} "
                              f"(tokenizer '{key}'); try another of its words: {words}")
         positions.update(found)
     return sorted(positions)

@@ -13,10 +13,14 @@ from .masks import as_mask, box_blur, check_shape, dilate
 REFERENCE_KEY = "source_trajectory"  # run.store: the source latent at every sigma of the schedule
 
 
-def latent_mask(mask, hw, batch, grow=0, feather=0):
+def latent_mask(mask, hw, batch, grow=0, feather=0, cell_threshold=0.0):
     """A ComfyUI MASK -> [batch, 1, h, w] on the latent grid, grown by `grow` cells and box-feathered by
-    `feather` cells (only inward from the grown edge: the mask never shrinks below the grown hard mask)."""
+    `feather` cells (only inward from the grown edge: the mask never shrinks below the grown hard mask).
+    cell_threshold 0: a cell on the mask's edge keeps the share of it inside the mask (area average); above 0: a
+    cell with more than that share inside is 1, the others 0."""
     m = resize_mask(mask, hw, batch)
+    if cell_threshold > 0:
+        m = (m > cell_threshold).to(m.dtype)
     m = dilate(m, grow)
     if feather > 0:
         soft = box_blur(m, feather)
@@ -29,7 +33,7 @@ class PreserveHook(LatentHook):
     after the steps start_step <= step <= end_step (end_step -1: the last step)."""
     technique = "Keep Outside Mask"
 
-    def __init__(self, mask, start_step=0, end_step=-1, grow=0, feather=0):
+    def __init__(self, mask, start_step=0, end_step=-1, grow=0, feather=0, cell_threshold=0.0):
         as_mask(mask)
         if start_step < 0:
             raise ValueError("start_step must be 0 or more")
@@ -37,7 +41,10 @@ class PreserveHook(LatentHook):
             raise ValueError(f"end_step ({end_step}) must be -1 (the last step) or at least start_step ({start_step})")
         if grow < 0 or feather < 0:
             raise ValueError("grow and feather must be 0 or more")
+        if not 0.0 <= cell_threshold < 1.0:
+            raise ValueError(f"cell_threshold must lie in [0, 1), got {cell_threshold}")
         self.mask, self.start, self.end, self.grow, self.feather = mask, start_step, end_step, grow, feather
+        self.cell_threshold = float(cell_threshold)
         self._cache = {}
 
     def active(self, step, total):
@@ -49,7 +56,8 @@ class PreserveHook(LatentHook):
         if key not in self._cache:
             hw = x.shape[-2:]
             check_shape(as_mask(self.mask), hw, "latent")
-            m = broadcast_to_latent(latent_mask(self.mask, hw, per_branch, self.grow, self.feather), x)
+            m = broadcast_to_latent(latent_mask(self.mask, hw, per_branch, self.grow, self.feather,
+                                                self.cell_threshold), x)
             self._cache = {key: m.to(device=x.device, dtype=x.dtype)}
         return self._cache[key]
 
@@ -71,4 +79,6 @@ class PreserveHook(LatentHook):
         return out
 
     def __repr__(self):
-        return f"PreserveHook(steps {self.start}..{self.end}, grow {self.grow}, feather {self.feather})"
+        return (f"PreserveHook(steps {self.start}..{self.end}, grow {self.grow}, feather {self.feather}, "
+                f"cell_threshold {self.cell_threshold})")
+

@@ -32,11 +32,19 @@ class KeepOutsideMask(ModelPatchNode):
                 "feather": ("INT", {"default": 0, "min": 0, "max": 16, "tooltip": "Soften the mask edge outward "
                             "over this many latent cells (box blur; never shrinks the mask)."}),
             },
+            "optional": {
+                "cell_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.05, "tooltip":
+                                   "0: a latent cell on the mask's edge keeps the source by the share of it outside "
+                                   "the mask (best when recolouring: the object keeps its size). Above 0: a cell "
+                                   "more than this share inside may change fully, the others keep the source "
+                                   "(best when adding an object where there was none: soft edge cells fade it; "
+                                   "0.2 measured best, docs/preservation.md)."}),
+            },
         }
 
-    def patch(self, model, mask, start_step, end_step, grow, feather):
+    def patch(self, model, mask, start_step, end_step, grow, feather, cell_threshold=0.0):
         as_mask(mask)
-        return (with_latent_hook(model, PreserveHook(mask, start_step, end_step, grow, feather)),)
+        return (with_latent_hook(model, PreserveHook(mask, start_step, end_step, grow, feather, cell_threshold)),)
 
 
 class PasteOutsideMask:

@@ -30,6 +30,18 @@ def embedded_workflows():
     return found
 
 
+def workflow_case(build, prompt):
+    """The embedded edit case a workflow edits, from its LoadImage file (attention_edit_case_<name>.png)."""
+    names = [n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"]
+    prefix = build.input_image_name("")[:-len(".png")]
+    return build.case_by_name(names[0][len(prefix):-len(".png")])
+
+
+def load_source(build, case):
+    path = ROOT / "workflows" / "inputs" / build.input_image_name(case.name)
+    return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+
+
 def contact_sheet(rows, labels, path, cell=128):
     """rows: [(row label, [images])] with the source first; labelled columns."""
     pad, head = 8, 22
@@ -55,15 +67,14 @@ def main():
     from embedded import metrics
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    case = build.case_by_name(build.DEMO_CASE)
-    source = np.asarray(Image.open(ROOT / "workflows" / "inputs" / build.input_image_name(case.name)).convert("RGB"),
-                        np.float32) / 255.0
-    _, keep = case.masks(64)
     workflows = embedded_workflows()
     labels = sorted({w[0] for w in workflows})
-    results, images = [], {}
+    results, images, cases = [], {}, {}
     with ComfyServer(threads=args.threads) as server:  # the pack puts the input images into its input folder
         for label, denoiser, prompt in tqdm(workflows, desc="demo workflows", unit="workflow"):
+            case = cases[label] = workflow_case(build, prompt)
+            source = load_source(build, case)
+            _, keep = case.masks(64)
             entry = server.run(prompt, timeout=900)
             [file] = [f for _, f in server.output_files(entry, "images") if f["type"] == "output"]  # not previews
             picture = Image.open(io.BytesIO(server.view(file))).convert("RGB")
@@ -78,9 +89,18 @@ def main():
                             "area_ratio": layout["area_ratio"],
                             "attribute_success": bool(metrics.edit_success(edited, case.target)),
                             "image": f"{label}_{denoiser}.png"})
-    src_image = Image.fromarray((source * 255).astype(np.uint8))
-    rows = [(d, [src_image] + [images.get((label, d)) for label in labels]) for d in ("unet", "flux")]
-    contact_sheet(rows, ["source"] + labels, out / "contact_sheet.png")
+    # one source column per edit case, before the workflows that edit it (the demo case's first)
+    columns, keys = [], []
+    for case in sorted({c.name for c in cases.values()}, key=lambda n: n != build.DEMO_CASE):
+        columns.append("source" if case == build.DEMO_CASE else f"source: {case}")
+        keys.append(("source", case))
+        chosen = [label for label in labels if cases[label].name == case]
+        columns += chosen
+        keys += [(label, None) for label in chosen]
+    picture = lambda case: Image.fromarray((load_source(build, build.case_by_name(case)) * 255).astype(np.uint8))
+    rows = [(d, [picture(case) if label == "source" else images.get((label, d)) for label, case in keys])
+            for d in ("unet", "flux")]
+    contact_sheet(rows, columns, out / "contact_sheet.png")
     (out / "metrics.json").write_text(json.dumps(results, indent=1))
     for r in results:
         print(f"{r['workflow']:28} {r['denoiser']:5} bg PSNR {r['bg_psnr']:6.2f} dB  SSIM {r['bg_ssim']:.3f}  "

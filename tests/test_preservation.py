@@ -252,3 +252,27 @@ def test_paste_outside_mask(pack, run):
             "image": ["1", 0], "source": ["2", 0], "mask": ["3", 0], "grow": 2, "feather": 2}},
     }
     torch.testing.assert_close(run(prompt)["4"][0], run({k: v for k, v in prompt.items() if k == "2"})["2"][0])
+
+
+def test_keep_outside_mask_cell_threshold(ops, fixtures):
+    """cell_threshold 0: edge cells keep the share of them inside the mask; above 0 a cell is all in (more than that
+    share inside) or all out. The identities hold with it; out-of-range values are refused."""
+    mask = torch.zeros(1, 16, 16)
+    mask[:, :3, :8] = 1  # on a 2x2 grid of 8 px cells: 3/8 of the top-left cell, nothing of the others
+    soft = ops.preserve.latent_mask(mask, (2, 2), 1)
+    assert soft[0, 0, 0, 0].item() == pytest.approx(3 / 8) and soft[0, 0, 1, 0].item() == 0
+    assert torch.equal(ops.preserve.latent_mask(mask, (2, 2), 1, cell_threshold=0.2)[0, 0],
+                       torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    assert torch.equal(ops.preserve.latent_mask(mask, (2, 2), 1, cell_threshold=0.5), torch.zeros(1, 1, 2, 2))
+    model = fixtures.tiny_model("sd15")
+    x0 = source_latent(14)
+    pos, edit_branches = branches(ops, fixtures)
+    inv = ops.inversion.invert(model, x0, pos, steps=3)
+    plain, _ = ops.edit.edit(model, inv, edit_branches)
+    ones, _ = ops.edit.edit(keep(ops, model, torch.ones(1, 128, 128), cell_threshold=0.2), inv, edit_branches)
+    assert torch.equal(ones["target"], plain["target"])
+    zeros, _ = ops.edit.edit(keep(ops, model, torch.zeros(1, 128, 128), cell_threshold=0.2), inv, edit_branches)
+    torch.testing.assert_close(zeros["target"], x0, atol=1e-6, rtol=1e-6)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="cell_threshold"):
+            ops.preserve.PreserveHook(torch.ones(1, 8, 8), cell_threshold=bad)

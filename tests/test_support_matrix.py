@@ -110,6 +110,9 @@ TECHNIQUES = {
     "Keep Outside Mask": (lambda: patched({"p": node("AttentionEditKeepOutsideMask", model=["1", 0],
                                                      mask=[MASK, 0], start_step=0, end_step=-1, grow=0,
                                                      feather=0)}), "differs"),
+    "Region Prompt": (lambda: patched({"clip": node("TinyTestWordClip"), "p": node(
+        "AttentionEditRegionPrompt", model=["1", 0], clip=["clip", 0], mask=[MASK, 0], prompt="a blue cat on grass",
+        words="blue cat", strength=20.0, self_strength=8.0, end_percent=1.0)}), "differs"),
     "Edit Mask From Attention": (lambda: {"clip": node("TinyTestWordClip"), "out": node(
         "AttentionEditMaskFromAttention", model=["1", 0], latent=["5", 0], positive=["2", 0], clip=["clip", 0],
         source_prompt="a red cat on grass", word="cat", dilation=0)}, "mask"),

@@ -14,6 +14,7 @@ sys.path.insert(0, str(HERE))
 from graph import Graph  # noqa: E402
 
 DEMO_CASE = "colour_red_to_yellow"  # the embedded workflows' edit (embedded/edit_cases.py)
+ADD_CASE = "addition_of_triangle"   # the embedded "add an object where a mask says" workflows' edit
 
 
 def case_by_name(name):
@@ -122,9 +123,10 @@ def real_loaders(g, family):
 
 
 def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, flow, aux=None, cache_kv=False,
-                       capture_steps="", after_invert=None, after_edit=None, sampler=None):
+                       capture_steps="", after_invert=None, after_edit=None, sampler=None, paste=None):
     """Invert -> Edit Sampler -> decode -> save; with `sampler` (a SAMPLER name), the Edit Guider and
-    SamplerCustomAdvanced with that stock sampler instead of the Edit Sampler."""
+    SamplerCustomAdvanced with that stock sampler instead of the Edit Sampler; paste: (source IMAGE, MASK) to paste
+    the source's pixels back outside the mask after decoding."""
     inv = g.add("AttentionEditInvert", model=model, latent=latent, positive=src, steps=steps,
                                   scheduler="simple", solver="auto", cfg=1.0, capture_steps=capture_steps,
                                   cache_kv=cache_kv, cache_dtype="auto", cache_device="cpu")
@@ -140,22 +142,25 @@ def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, f
         edit = g.add("SamplerCustomAdvanced", noise=g.add("DisableNoise")[0], guider=guider[0],
                      sampler=g.add("KSamplerSelect", sampler_name=sampler)[0], sigmas=guider[1], latent_image=latent)
     image = g.add("VAEDecode", samples=edit[0], vae=vae)
+    if paste is not None:
+        image = g.add("AttentionEditPasteOutsideMask", image=image[0], source=paste[0], mask=paste[1], **PASTE)
     g.add("SaveImage", images=image[0], filename_prefix=f"attention_edit/{name}")
     if after_edit is not None:
         after_edit(g, edit)
     return inv, edit
 
 
-def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sampler=None):
+def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sampler=None, case_name=DEMO_CASE):
     """Load -> (patch the MODEL) -> Invert -> Edit Sampler -> decode -> save, on the embedded or a real model.
 
     patch(g, ctx) adds technique nodes and returns the patched MODEL link; ctx has model, clip, vae, latent,
-    image, src, tgt, neg links and the case.
+    image, src, tgt, neg links and the case; a patch may replace ctx["tgt"] (the target CONDITIONING) and set
+    ctx["paste_mask"] (the source's pixels are pasted back outside it after decoding).
     """
     g = Graph()
     if backbone.startswith("embedded"):
         denoiser = backbone.split("_")[1]
-        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, denoiser, DEMO_CASE)
+        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, denoiser, case_name)
         steps, cfg = 20, (4.0 if denoiser == "unet" else 3.0)
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
@@ -166,13 +171,14 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sam
         if backbone in GUIDANCE_DISTILLED:
             src, tgt, neg = flux_guidance(g, src, tgt, neg)
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
-               backbone=backbone, case=case_by_name(DEMO_CASE) if backbone.startswith("embedded") else None,
+               backbone=backbone, case=case_by_name(case_name) if backbone.startswith("embedded") else None,
                steps=steps)
     if patch is not None:
         model = patch(g, ctx)
-    invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, tgt, neg, f"{name}_{backbone}", steps,
-                       cfg, backbone in MMDIT, aux=neg if aux else None, after_invert=ctx.get("after_invert"),
-                       after_edit=ctx.get("after_edit"), sampler=sampler)
+    invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, ctx["tgt"], neg, f"{name}_{backbone}",
+                       steps, cfg, backbone in MMDIT, aux=neg if aux else None, after_invert=ctx.get("after_invert"),
+                       after_edit=ctx.get("after_edit"), sampler=sampler,
+                       paste=(image, ctx["paste_mask"]) if ctx.get("paste_mask") is not None else None)
     return g
 
 
@@ -197,7 +203,7 @@ def prompt_and_word(ctx):
 
 def source_mask(g, ctx):
     """The object mask of the source image: the case's exact mask (embedded) or a painted mask file."""
-    name = mask_image_name(DEMO_CASE) if ctx["case"] is not None else "example_mask.png"
+    name = mask_image_name(ctx["case"].name) if ctx["case"] is not None else "example_mask.png"
     return g.add("LoadImageMask", image=name, channel="red")[0]
 
 
@@ -257,10 +263,10 @@ def attention_mask(g, ctx):
                  image=ctx["image"], dit_layers="all double blocks")[0]
 
 
-def keep_outside(g, model, mask, end_step=-1, grow=0, feather=0):
+def keep_outside(g, model, mask, end_step=-1, grow=0, feather=0, start_step=0, cell_threshold=0.0):
     """Keep Outside Mask: the edited branches take the replayed source latent outside `mask` after every step."""
-    return g.add("AttentionEditKeepOutsideMask", model=model, mask=mask, start_step=0, end_step=end_step, grow=grow,
-                 feather=feather)[0]
+    return g.add("AttentionEditKeepOutsideMask", model=model, mask=mask, start_step=start_step, end_step=end_step,
+                 grow=grow, feather=feather, cell_threshold=cell_threshold)[0]
 
 
 def proedit_patch(g, ctx, shift=True):
@@ -401,6 +407,35 @@ def flowedit_masked_edit(backbone):
     return flowedit_workflow(backbone, "flowedit_keep_mask", drawn_mask=True)
 
 
+# Add an object where a mask says (docs/preservation.md): Region Prompt with a prompt for the mask's content, Keep
+# Outside Mask whose latent cells count as inside from 20% coverage, the Edit Sampler, the source pasted back
+REGION = dict(strength=20.0, self_strength=8.0, end_percent=1.0)
+ADD_CELL_THRESHOLD = 0.2
+
+
+def region_add_patch(g, ctx):
+    """Region Prompt (the new object's words inside the drawn mask) -> Keep Outside Mask; the target CONDITIONING
+    becomes the Region Prompt's, the decoded edit gets the source's pixels outside the mask."""
+    mask = source_mask(g, ctx)
+    if ctx["case"] is not None:
+        from embedded.edit_cases import local_prompt, region_words
+        prompt, words = local_prompt(ctx["case"]), region_words(ctx["case"])
+    else:
+        prompt, words = "a small brown dog on a sofa", "small brown dog"
+    region = g.add("AttentionEditRegionPrompt", title="Region Prompt: what the mask should contain", model=ctx["model"],
+                   clip=ctx["clip"], mask=mask, prompt=prompt, words=words, **REGION)
+    target = region[1]
+    if ctx["backbone"] in GUIDANCE_DISTILLED:
+        target = g.add("FluxGuidance", title="FLUX guidance: region prompt", conditioning=target,
+                       guidance=FLUX_TARGET_GUIDANCE)[0]
+    ctx["tgt"], ctx["paste_mask"] = target, mask
+    return keep_outside(g, region[0], mask, cell_threshold=ADD_CELL_THRESHOLD)
+
+
+def region_add_edit(backbone):
+    return edit_workflow(backbone, "region_add", region_add_patch, case_name=ADD_CASE)
+
+
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
              "flux_dev": "flux", "flux_kontext_dev": "flux_kontext", "flux2_dev": "flux2", "chroma": "chroma",
              **{family: family for family in FAMILIES}}
@@ -408,7 +443,7 @@ TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cp
               "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit,
               "source_injection": source_injection_edit, "flowedit_keep": flowedit_edit,
               "edit_guider_proedit": guider_edit,
-              "flowedit_keep_mask": flowedit_masked_edit}
+              "flowedit_keep_mask": flowedit_masked_edit, "region_add": region_add_edit}
 UNET_ONLY = {"unifyedit"}  # refused on MMDiT models (Flux: residuals updated in place block latent gradients)
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
@@ -436,11 +471,12 @@ def write_input_images():
     from embedded.dataset import render_scene
     for old in (HERE / "inputs").glob("attention_edit_*.png"):
         old.unlink()
-    case = case_by_name(DEMO_CASE)
-    image, _ = render_scene(case.source, 64)
-    Image.fromarray((image * 255).round().astype(np.uint8)).save(HERE / "inputs" / input_image_name(DEMO_CASE))
-    edit_mask, _ = case.masks(64)
-    Image.fromarray(((edit_mask > 0.5) * 255).astype(np.uint8)).save(HERE / "inputs" / mask_image_name(DEMO_CASE))
+    for name in (DEMO_CASE, ADD_CASE):
+        case = case_by_name(name)
+        image, _ = render_scene(case.source, 64)
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(HERE / "inputs" / input_image_name(name))
+        edit_mask, _ = case.masks(64)
+        Image.fromarray(((edit_mask > 0.5) * 255).astype(np.uint8)).save(HERE / "inputs" / mask_image_name(name))
 
 
 def main():

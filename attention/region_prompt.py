@@ -1,0 +1,71 @@
+"""Region prompt: the target's named words are drawn inside a mask (attention modulation, as in Dense Diffusion,
+Kim et al. 2023, for layouts).
+
+In the pack's edit samplers (Edit Sampler, Edit Guider, FlowEdit), on the target branch's conditional rows and for
+the first `end_percent` of the steps, each image query's attention logits get an additive bias, m = the mask on the
+layer's token grid (soft edges from area resizing), signed s = 2m - 1 (+1 inside, -1 outside):
+  text keys of the words: + strength * s   (cross-attention, U-Net; the text keys of joint attention, MMDiT)
+  image keys:             + self_strength * (m_q m_k + (1 - m_q)(1 - m_k))   (self- / joint attention: a query
+                          reads more of its own region, so what is drawn inside the mask is one coherent thing)
+Strengths are in logit units; they decay linearly to 0 over the active steps. The target's image-query rows are
+recomputed with the bias through attend() (ComfyUI's kernel with an additive mask); other rows, text queries and the
+unconditional pass stay plain. Reference tokens after the image tokens (Kontext, FLUX.2) get no bias.
+"""
+import torch
+
+from .controller import Controller
+from .masked import add_bias, masked_attention
+from .token_masks import pick
+
+
+class RegionPrompt(Controller):
+    """mask: float [B, H, W] (pixel or latent size); positions: the words' token positions in the target prompt."""
+    technique = "Region Prompt"
+    kinds = ("self", "cross", "joint")
+
+    def __init__(self, mask, positions, strength=20.0, self_strength=8.0, end_percent=1.0):
+        if not positions:
+            raise ValueError("words: no token positions; name words of the target prompt")
+        self.mask, self.positions = mask, tuple(int(p) for p in positions)
+        self.strength, self.self_strength, self.end_percent = float(strength), float(self_strength), float(end_percent)
+
+    def weight(self, call):
+        """1 at the first step, falling linearly to 0 at end_percent of the run's steps (0 after)."""
+        total = max(int(getattr(call.run, "total_steps", 0) or 0), 1)
+        active = self.end_percent * total
+        step = call.step or 0
+        return max(0.0, 1.0 - step / active) if active > 0 else 0.0
+
+    def wants(self, call):
+        if call.kind not in self.kinds or call.run is None or call.run.phase != "edit":
+            return False
+        if call.kind == "self" and self.self_strength == 0.0:
+            return False
+        if call.kind == "cross" and self.strength == 0.0:
+            return False
+        return bool(call.rows("target", True)) and self.weight(call) > 0.0
+
+    def bias(self, call, m):
+        """Additive bias [1, 1, n_img, n_keys] for the image queries of one row with mask tokens m [n_img]."""
+        w = self.weight(call)
+        bias = torch.zeros(m.shape[0], call.k.shape[2], dtype=call.q.dtype, device=call.q.device)
+        if call.kind in ("cross", "joint") and self.strength:
+            cols = call.index([call.txt.start + c for c in call.text_columns(self.positions, "target")])
+            bias[:, cols] += (w * self.strength) * (2 * m - 1)[:, None]
+        if call.kind in ("self", "joint") and self.self_strength:
+            same = m[:, None] * m[None, :] + (1 - m)[:, None] * (1 - m)[None, :]
+            bias[:, call.img] += (w * self.self_strength) * same
+        return bias[None, None]
+
+    def after(self, call, out):
+        per = max(getattr(call.run, "per_branch", 1), 1)
+        tokens = call.tokens(self.mask)
+        img = call.img
+        out = out.clone()
+        for j, r in enumerate(call.rows("target", True)):
+            q = call.q[r:r + 1, :, img]
+            k, v = call.k[r:r + 1], call.v[r:r + 1]
+            own = call.row_bias(r, img)
+            att = masked_attention(q, k, v, add_bias(own, self.bias(call, pick(tokens, j % per))))
+            out[r:r + 1, :, img] = att.to(out.dtype)
+        return out
