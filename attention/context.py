@@ -36,6 +36,7 @@ class AttnCall:
         self.mask = mask
         self.block_type, self.block_index = block_type, block_index
         self.changed = False
+        self.extra_bias = None  # what controllers added with add_bias()
         self._probs = None
         self._keep = self._key_bias = False  # not looked up yet
 
@@ -59,12 +60,26 @@ class AttnCall:
     @property
     def plain(self):
         """True when the model's own kernel on the call's original q, k, v gives the answer: no controller changed
-        K/V and no text key of the call pads a prompt (else attend(), or a foreign kernel given bias())."""
-        return not self.changed and self.key_keep is None
+        K/V or added a bias and no text key of the call pads a prompt (else attend(), or a foreign kernel given
+        bias())."""
+        return not self.changed and self.key_keep is None and self.extra_bias is None
+
+    @property
+    def masked(self):
+        """True when the kernel must get bias(): padded text keys or a controller's bias (the model's own mask
+        alone the model passes itself)."""
+        return self.key_bias is not None or self.extra_bias is not None
 
     def bias(self):
-        """The call's whole additive attention bias (model mask + padded text keys), broadcastable, or None."""
-        return add_bias(as_bias(self.mask, self.q.dtype), self.key_bias)
+        """The call's whole additive attention bias (model mask + padded text keys + controllers' biases),
+        broadcastable, or None."""
+        return add_bias(add_bias(as_bias(self.mask, self.q.dtype), self.key_bias), self.extra_bias)
+
+    def add_bias(self, bias):
+        """Add an additive attention bias (broadcastable to [B, H, Lq, Lk]; heads 1) before attention is computed:
+        every kernel the call reaches gets it (attend(), probs(), another node's kernel as its mask)."""
+        self.extra_bias = add_bias(self.extra_bias, bias.to(self.q.dtype))
+        self._probs = None
 
     def row_bias(self, row, queries=slice(None)):
         """bias() for batch row `row` and the query positions `queries` (a slice), broadcastable, or None."""

@@ -237,7 +237,7 @@ def family_attention_override(func, *args, **kwargs):
     def compute(c):
         if c.plain or prev is not None:  # another node's kernel: also on the K/V the technique chose
             qkv = (hooks._merge_heads(t) for t in (c.q, c.k, c.v)) if packed else (c.q, c.k, c.v)
-            out = plain(*qkv, mask=None if c.key_bias is None else c.bias())
+            out = plain(*qkv, mask=c.bias() if c.masked else None)
             return out if kwargs.get("skip_output_reshape") else hooks._split_heads(out, heads)
         return c.attend()
     out = run_chain(chain, call, compute)

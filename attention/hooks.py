@@ -143,6 +143,14 @@ def _warn_unmasked(call, what):
                     "avoid it", what)
 
 
+def _warn_bias_dropped(call, what):
+    told = call.run.store.setdefault("told", set()) if call.run is not None else set()
+    if ("bias", what) not in told:
+        told.add(("bias", what))
+        log.warning("Attention Edit: %s takes no attention mask, so the attention bias of Region Prompt does not act "
+                    "there; put that node's patch on other layers or leave Region Prompt out", what)
+
+
 def _split_heads(t, heads):
     return t.view(t.shape[0], t.shape[1], heads, t.shape[2] // heads).transpose(1, 2)
 
@@ -212,13 +220,15 @@ class UNetAttnHook:
         def compute(c):
             if c.plain:
                 return _split_heads(self.plain(q, k, v, options), heads)
-            padding = c.key_bias
             if self.fallback is not None:  # another node's attention, on the K/V the technique chose
-                if padding is not None:
+                if c.key_bias is not None:
                     _warn_unmasked(c, f"another node's attention patch on {c.layer}")
+                if c.extra_bias is not None:
+                    _warn_bias_dropped(c, f"another node's attention patch on {c.layer}")
                 return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options), heads)
-            if "optimized_attention_override" in options:  # another node's kernel: given the padding as its mask
-                return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options, padding), heads)
+            if "optimized_attention_override" in options:  # another node's kernel: given the bias as its mask
+                return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options,
+                                               c.bias() if c.masked else None), heads)
             return c.attend()
         return _merge_heads(run_chain(chain, call, compute))
 
@@ -276,7 +286,7 @@ def dit_attention_override(func, *args, **kwargs):
     def compute(c):
         if c.plain or prev is not None:
             # unchanged, or another node's kernel: also on the K/V the technique chose, given the padding as mask
-            out = plain(c.q, c.k, c.v, mask=None if c.key_bias is None else c.bias())
+            out = plain(c.q, c.k, c.v, mask=c.bias() if c.masked else None)
             return out if kwargs.get("skip_output_reshape") else _split_heads(out, heads)
         return c.attend()
     out = run_chain(chain, call, compute)

@@ -7,14 +7,14 @@ layer's token grid (soft edges from area resizing), signed s = 2m - 1 (+1 inside
   text keys of the words: + strength * s   (cross-attention, U-Net; the text keys of joint attention, MMDiT)
   image keys:             + self_strength * (m_q m_k + (1 - m_q)(1 - m_k))   (self- / joint attention: a query
                           reads more of its own region, so what is drawn inside the mask is one coherent thing)
-Strengths are in logit units; they decay linearly to 0 over the active steps. The target's image-query rows are
-recomputed with the bias through attend() (ComfyUI's kernel with an additive mask); other rows, text queries and the
-unconditional pass stay plain. Reference tokens after the image tokens (Kontext, FLUX.2) get no bias.
+Strengths are in logit units; they decay linearly to 0 over the active steps. The bias joins the call's own
+(AttnCall.add_bias), so attention is computed once, with it, by whichever kernel the call reaches (the pack's, or
+another node's attention override as its mask). Other rows, text queries and the unconditional pass get 0;
+reference tokens after the image tokens (Kontext, FLUX.2) get none.
 """
 import torch
 
 from .controller import Controller
-from .masked import add_bias, masked_attention
 from .token_masks import pick
 
 
@@ -23,7 +23,7 @@ class RegionPrompt(Controller):
     technique = "Region Prompt"
     kinds = ("self", "cross", "joint")
 
-    def __init__(self, mask, positions, strength=20.0, self_strength=8.0, end_percent=1.0):
+    def __init__(self, mask, positions, strength=10.0, self_strength=8.0, end_percent=1.0):
         if not positions:
             raise ValueError("words: no token positions; name words of the target prompt")
         self.mask, self.positions = mask, tuple(int(p) for p in positions)
@@ -45,27 +45,27 @@ class RegionPrompt(Controller):
             return False
         return bool(call.rows("target", True)) and self.weight(call) > 0.0
 
-    def bias(self, call, m):
-        """Additive bias [1, 1, n_img, n_keys] for the image queries of one row with mask tokens m [n_img]."""
-        w = self.weight(call)
-        bias = torch.zeros(m.shape[0], call.k.shape[2], dtype=call.q.dtype, device=call.q.device)
-        if call.kind in ("cross", "joint") and self.strength:
-            cols = call.index([call.txt.start + c for c in call.text_columns(self.positions, "target")])
-            bias[:, cols] += (w * self.strength) * (2 * m - 1)[:, None]
-        if call.kind in ("self", "joint") and self.self_strength:
-            same = m[:, None] * m[None, :] + (1 - m)[:, None] * (1 - m)[None, :]
-            bias[:, call.img] += (w * self.self_strength) * same
-        return bias[None, None]
-
-    def after(self, call, out):
+    def bias(self, call):
+        """Additive bias [B, 1, Lq, Lk]: the target's conditional rows' image queries get the words' and the own
+        region's terms, every other entry is 0."""
         per = max(getattr(call.run, "per_branch", 1), 1)
         tokens = call.tokens(self.mask)
+        w = self.weight(call)
         img = call.img
-        out = out.clone()
+        bias = torch.zeros(call.q.shape[0], 1, call.q.shape[2], call.k.shape[2], dtype=call.q.dtype,
+                           device=call.q.device)
+        cols = None
+        if call.kind in ("cross", "joint") and self.strength:
+            cols = call.index([call.txt.start + c for c in call.text_columns(self.positions, "target")])
         for j, r in enumerate(call.rows("target", True)):
-            q = call.q[r:r + 1, :, img]
-            k, v = call.k[r:r + 1], call.v[r:r + 1]
-            own = call.row_bias(r, img)
-            att = masked_attention(q, k, v, add_bias(own, self.bias(call, pick(tokens, j % per))))
-            out[r:r + 1, :, img] = att.to(out.dtype)
-        return out
+            m = pick(tokens, j % per)
+            row = bias[r, 0, img]  # a view: the image queries of row r
+            if cols is not None:
+                row[:, cols] += (w * self.strength) * (2 * m - 1)[:, None]
+            if call.kind in ("self", "joint") and self.self_strength:
+                same = m[:, None] * m[None, :] + (1 - m)[:, None] * (1 - m)[None, :]
+                row[:, img] += (w * self.self_strength) * same
+        return bias
+
+    def before(self, call):
+        call.add_bias(self.bias(call))

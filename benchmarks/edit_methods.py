@@ -222,12 +222,12 @@ METHODS["keep_exact_mask_paste_local"] = _local(METHODS["keep_exact_mask_paste"]
 
 
 def _region(**settings):
-    """Region Prompt on the exact mask with the local prompt as the target prompt (workflows.REGION's settings,
-    overridden by `settings`); its CONDITIONING becomes the target's."""
+    """Region Prompt on the exact mask with the local prompt as the target prompt (workflows.REGION_PROMPT's
+    settings, overridden by `settings`); its CONDITIONING becomes the target's."""
     def patch(g, ctx):
         case = ctx["case"]
         node = g.add("AttentionEditRegionPrompt", model=ctx["model"], clip=ctx["clip"], mask=ctx["mask"],
-                     prompt=local_prompt(case), words=region_words(case), **{**workflows.REGION, **settings})
+                     prompt=local_prompt(case), words=region_words(case), **{**workflows.REGION_PROMPT, **settings})
         ctx["enc"]["target"] = ctx["tgt"] = node[1]
         return node[0]
     return patch
@@ -244,8 +244,8 @@ def _chain(*patches):
 
 def region_methods(cell_threshold=None, **settings):
     """Region Prompt + Keep Outside Mask (cell_threshold: the workflows' by default) + paste-back, exact mask, in
-    the Edit Sampler (the region_add workflows) and in FlowEdit."""
-    threshold = workflows.ADD_CELL_THRESHOLD if cell_threshold is None else cell_threshold
+    the Edit Sampler and in FlowEdit (the flowedit_region_mask workflows)."""
+    threshold = workflows.REGION_PROMPT_CELL_THRESHOLD if cell_threshold is None else cell_threshold
     both = _chain(_region(**settings), _keep(paste=True, cell_threshold=threshold))
     return {"region_keep_exact_mask_paste": lambda d, c, i, s: _graph(d, c, i, s, patch=both),
             "flowedit_region_keep_exact_mask_paste": _flowedit(both, **FLOWEDIT_MASKED)}

@@ -1,4 +1,4 @@
-"""Region Prompt node: encode the target prompt and draw its named words inside a mask (MODEL -> MODEL, CONDITIONING)."""
+"""Region Prompt node: encode the target prompt, draw its named words inside a mask (MODEL -> MODEL, CONDITIONING)."""
 from ..attention.dit_families import family_key
 from ..attention.hooks import with_controller
 from ..attention.region_prompt import RegionPrompt as RegionPromptController
@@ -12,7 +12,8 @@ class RegionPrompt(ModelPatchNode):
                    "Encodes the target prompt and patches the MODEL: in the Edit Sampler, Edit Guider and FlowEdit the "
                    "target branch's image queries attend more to those words inside the mask and less outside, and "
                    "(self_strength) more to their own region. U-Net: cross- and self-attention; Flux-family and the "
-                   "other MMDiT models: joint attention. Pair it with Keep Outside Mask on the same mask.")
+                   "other MMDiT models: joint attention. Pair it with Keep Outside Mask on the same mask "
+                   "(cell_threshold 0.2) and Paste Source Outside Mask.")
     RETURN_TYPES = ("MODEL", "CONDITIONING")
     RETURN_NAMES = ("model", "target_positive")
     OUTPUT_TOOLTIPS = ("A patched copy of the model; the input MODEL is unchanged.",
@@ -30,9 +31,9 @@ class RegionPrompt(ModelPatchNode):
                                       "say what the mask should contain, e.g. 'a blue circle on a black background'."}),
                 "words": ("STRING", {"default": "", "tooltip": "The prompt's words to place inside the mask, e.g. "
                                      "'blue circle'."}),
-                "strength": ("FLOAT", {"default": 20.0, "min": 0.0, "max": 50.0, "step": 0.1, "tooltip": "Logit bias "
-                             "on the words' text keys: + inside the mask, - outside (cross / joint attention). 20 "
-                             "measured best for adding an object (docs/preservation.md)."}),
+                "strength": ("FLOAT", {"default": 10.0, "min": 0.0, "max": 50.0, "step": 0.1, "tooltip": "Logit bias "
+                             "on the words' text keys: + inside the mask, - outside (cross / joint attention). "
+                             "10 measured best with self_strength 8 (docs/region_prompt.md)."}),
                 "self_strength": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 50.0, "step": 0.1, "tooltip": "Logit "
                                   "bias on image keys of the query's own region (self / joint attention), so what is "
                                   "drawn inside is one thing; 0 = off. 8 measured best."}),

@@ -26,6 +26,7 @@ def m(pack):
         unifyedit = pack("latent_ops.unifyedit")
         latent_hooks = pack("latent_ops.latent_hooks")
         cpam = pack("nodes.cpam")
+        region = pack("attention.region_prompt")
     return M
 
 
@@ -105,6 +106,12 @@ def uniform(m, fixtures, kind):
                     aux=True)
 
 
+def region_prompt(m, fixtures, kind):
+    """Region Prompt's word and own-region biases (the target's words 'blue cat' at positions 1-2)."""
+    ctl = m.region.RegionPrompt(half_mask(), [1, 2], strength=20.0, self_strength=8.0)
+    return edit_run(m, fixtures, kind, lambda model: m.hooks.with_controller(model, ctl))
+
+
 def padded_prompts(m, fixtures, kind):
     """Prompts of different lengths: the padded text keys masked in every call, techniques and maps included."""
     def patch(model):
@@ -146,7 +153,7 @@ def word_mask(m, fixtures, kind):
 CASES = {"kv_mix_batch": kv_mix("batch"), "kv_mix_cache": kv_mix("cache"), "injection_kv": injection("key+value"),
          "injection_v": injection("value"), "cpam_self_change": cpam_self("change"),
          "cpam_self_remove": cpam_self("remove"), "cpam_cross": cpam_cross, "cpam_both": cpam_both,
-         "uniform": uniform, "padded_prompts": padded_prompts, "unifyedit_record": unifyedit_record, "word_mask": word_mask}
+         "uniform": uniform, "region_prompt": region_prompt, "padded_prompts": padded_prompts, "unifyedit_record": unifyedit_record, "word_mask": word_mask}
 
 
 def summary(calls):

@@ -47,7 +47,7 @@ def expected_rows(call, row, bias):
 def test_bias_on_the_words_and_the_own_region(rp, kind):
     """Step 2 of 10 with end_percent 0.5: weight 1 - 2/5 = 0.6. Inside the mask the words' logits gain
     0.6 * strength, outside they lose it; (joint) image keys of the query's own region gain 0.6 * self_strength.
-    The source row and the text queries stay plain."""
+    The source row and the text queries stay plain; the bias joins the call's (one attention, any kernel)."""
     call = make_call(rp, kind)
     plain = call.attend()
     ctl = rp.region.RegionPrompt(quadrant_mask(), [2, 3], strength=3.0, self_strength=2.0, end_percent=0.5)
@@ -61,9 +61,10 @@ def test_bias_on_the_words_and_the_own_region(rp, kind):
         same = m[:, None] * m[None, :] + (1 - m)[:, None] * (1 - m)[None, :]
         bias[:, TXT:TXT + N] += 0.6 * 2.0 * same
     torch.testing.assert_close(out[1, :, call.img], expected_rows(call, 1, bias), atol=1e-5, rtol=1e-5)
-    assert torch.equal(out[0], plain[0])
+    torch.testing.assert_close(out[0], plain[0], atol=1e-6, rtol=1e-6)
     if kind == "joint":
-        assert torch.equal(out[1, :, :TXT], plain[1, :, :TXT])
+        torch.testing.assert_close(out[1, :, :TXT], plain[1, :, :TXT], atol=1e-6, rtol=1e-6)
+    assert call.extra_bias is not None and not call.plain
     # inside the mask the words get more attention than plain, outside less
     probs = lambda b: ((call.q[1, :, call.img] @ call.k[1].transpose(-1, -2)) * call.scale + b).softmax(-1)
     gain = (probs(bias)[..., [2, 3]].sum(-1) - probs(0)[..., [2, 3]].sum(-1)).mean(0)
@@ -81,8 +82,10 @@ def test_self_attention_and_reference_keys(rp):
     same = m[:, None] * m[None, :] + (1 - m)[:, None] * (1 - m)[None, :]
     torch.testing.assert_close(out[1], expected_rows(call, 1, 0.8 * 1.5 * same), atol=1e-5, rtol=1e-5)
     ref = make_call(rp, "joint", ref=4)
-    bias = ctl.bias(ref, torch.ones(N))
-    assert bias.shape == (1, 1, N, TXT + N + 4) and torch.equal(bias[..., TXT + N:], torch.zeros(1, 1, N, 4))
+    bias = ctl.bias(ref)
+    n = TXT + N + 4
+    assert bias.shape == (2, 1, n, n) and not bias[1, 0, TXT:TXT + N].eq(0).all()
+    assert bias[..., TXT + N:].eq(0).all() and bias[0].eq(0).all()  # no reference key, no source row
 
 
 def test_schedule_and_pass_through(rp):
@@ -155,3 +158,49 @@ def test_region_prompt_node_in_a_graph(run, denoiser, sampler):
 def test_region_prompt_node_errors(run, words, prompt, match):
     with pytest.raises(Exception, match=match):
         run(region_graph("unet", "edit", 4.0, words=words, prompt=prompt))
+
+
+def region_edit(pack, fixtures, kind, patch_other, region=True):
+    """Invert + Edit Sampler on a tiny model with another node's patch (patch_other) and, if region, Region Prompt
+    on the target's words 'blue cat' (positions 1-2) over the left half."""
+    from test_preservation import source_latent
+    inversion, edit, hooks = pack("latent_ops.inversion"), pack("latent_ops.edit"), pack("attention.hooks")
+    model = fixtures.tiny_model(kind)
+    pos, tgt, empty = (fixtures.tiny_conditioning(t) for t in ("a red cat", "a blue cat", ""))
+    inv = inversion.invert(model, source_latent(21), pos, steps=3)
+    mask = torch.zeros(1, 128, 128)
+    mask[..., :64] = 1
+    if region:
+        model = hooks.with_controller(model, pack("attention.region_prompt").RegionPrompt(mask, [1, 2]))
+    model = patch_other(model)
+    out, _ = edit.edit(model, inv, [edit.Branch("source", pos, 1.0), edit.Branch("target", tgt, 2.0)],
+                       negative=empty)
+    return out["target"]
+
+
+@pytest.mark.parametrize("kind", ["sd15", "flux"])
+def test_region_prompt_bias_reaches_another_nodes_kernel(pack, fixtures, kind):
+    """An attention override (as sage-attention nodes set) computes the biased calls, with the bias as its mask."""
+    masks = []
+
+    def override(func, *args, **kwargs):
+        masks.append(kwargs.get("mask") is not None)
+        return func(*args, **kwargs)
+
+    def with_override(model):
+        model = model.clone()
+        model.model_options["transformer_options"]["optimized_attention_override"] = override
+        return model
+    biased = region_edit(pack, fixtures, kind, with_override)
+    assert any(masks)
+    masks.clear()
+    plain = region_edit(pack, fixtures, kind, with_override, region=False)
+    assert (biased - plain).abs().mean() > 1e-4
+
+
+def test_region_prompt_warns_where_another_patch_takes_no_mask(pack, fixtures, caplog):
+    """IP-Adapter-style attn2 replace patches take no mask: Region Prompt says it cannot act there."""
+    from test_coexistence import ip_adapter_style
+    with caplog.at_level("WARNING"):
+        region_edit(pack, fixtures, "sd15", lambda m: ip_adapter_style(m, True))
+    assert "attention bias of Region Prompt does not act" in caplog.text

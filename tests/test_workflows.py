@@ -162,9 +162,10 @@ GUIDANCE_DISTILLED = ("_flux_dev", "_flux_kontext_dev", "_flux2_dev")  # FLUX.1-
 
 def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(built):
     """FlowEdit examples: Keep Outside Mask (from attention, or drawn) on the MODEL; FLUX.1-dev (and Kontext,
-    FLUX.2) at the paper's guidance 1.5 (source) / 5.5 (target) through FluxGuidance, no CFG."""
+    FLUX.2) at the paper's guidance 1.5 (source) / 5.5 (target) through FluxGuidance, no CFG. With Region Prompt:
+    on the drawn mask, its CONDITIONING as the target's, latent cells inside from 20% coverage."""
     flowedit = {name: api for name, (api, _) in built.items() if name.startswith("flowedit")}
-    assert len(flowedit) == 24  # 12 backbones, with and without a drawn mask
+    assert len(flowedit) == 36  # 12 backbones: no mask, a drawn mask, a drawn mask with Region Prompt
     for name, api in flowedit.items():
         [edit] = [n for n in api.values() if n["class_type"] == "AttentionEditFlowEdit"]
         [save] = [n for n in api.values() if n["class_type"] == "SaveImage"]
@@ -172,8 +173,15 @@ def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(bu
         assert paste["class_type"] == "AttentionEditPasteOutsideMask", name  # the source's own pixels outside
         keep = source_of(api, edit["inputs"]["model"], "AttentionEditKeepOutsideMask")
         mask = api[keep["inputs"]["mask"][0]]["class_type"]
-        assert mask == ("LoadImageMask" if "keep_mask" in name else "AttentionEditMaskFromAttention"), name
+        assert mask == ("LoadImageMask" if "_mask_" in name else "AttentionEditMaskFromAttention"), name
         assert paste["inputs"]["mask"] == keep["inputs"]["mask"], name
+        if "region" in name:
+            region = source_of(api, keep["inputs"]["model"], "AttentionEditRegionPrompt")
+            assert region["inputs"]["mask"] == keep["inputs"]["mask"] and keep["inputs"]["cell_threshold"] == 0.2
+            target = edit["inputs"]["target_positive"]
+            if name.endswith(GUIDANCE_DISTILLED):
+                target = source_of(api, target, "FluxGuidance")["inputs"]["conditioning"]
+            assert source_of(api, target, "AttentionEditRegionPrompt") is region and target[1] == 1, name
         if name.endswith(GUIDANCE_DISTILLED):
             assert edit["inputs"]["source_cfg"] == edit["inputs"]["target_cfg"] == 1.0
             assert source_of(api, edit["inputs"]["source_positive"], "FluxGuidance")["inputs"]["guidance"] == 1.5

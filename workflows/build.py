@@ -14,7 +14,7 @@ sys.path.insert(0, str(HERE))
 from graph import Graph  # noqa: E402
 
 DEMO_CASE = "colour_red_to_yellow"  # the embedded workflows' edit (embedded/edit_cases.py)
-ADD_CASE = "addition_of_triangle"   # the embedded "add an object where a mask says" workflows' edit
+ADD_CASE = "addition_of_triangle"   # the embedded Region Prompt workflows' edit: add an object where a mask says
 
 
 def case_by_name(name):
@@ -123,10 +123,9 @@ def real_loaders(g, family):
 
 
 def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, flow, aux=None, cache_kv=False,
-                       capture_steps="", after_invert=None, after_edit=None, sampler=None, paste=None):
+                       capture_steps="", after_invert=None, after_edit=None, sampler=None):
     """Invert -> Edit Sampler -> decode -> save; with `sampler` (a SAMPLER name), the Edit Guider and
-    SamplerCustomAdvanced with that stock sampler instead of the Edit Sampler; paste: (source IMAGE, MASK) to paste
-    the source's pixels back outside the mask after decoding."""
+    SamplerCustomAdvanced with that stock sampler instead of the Edit Sampler."""
     inv = g.add("AttentionEditInvert", model=model, latent=latent, positive=src, steps=steps,
                                   scheduler="simple", solver="auto", cfg=1.0, capture_steps=capture_steps,
                                   cache_kv=cache_kv, cache_dtype="auto", cache_device="cpu")
@@ -142,25 +141,22 @@ def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, f
         edit = g.add("SamplerCustomAdvanced", noise=g.add("DisableNoise")[0], guider=guider[0],
                      sampler=g.add("KSamplerSelect", sampler_name=sampler)[0], sigmas=guider[1], latent_image=latent)
     image = g.add("VAEDecode", samples=edit[0], vae=vae)
-    if paste is not None:
-        image = g.add("AttentionEditPasteOutsideMask", image=image[0], source=paste[0], mask=paste[1], **PASTE)
     g.add("SaveImage", images=image[0], filename_prefix=f"attention_edit/{name}")
     if after_edit is not None:
         after_edit(g, edit)
     return inv, edit
 
 
-def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sampler=None, case_name=DEMO_CASE):
+def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sampler=None):
     """Load -> (patch the MODEL) -> Invert -> Edit Sampler -> decode -> save, on the embedded or a real model.
 
     patch(g, ctx) adds technique nodes and returns the patched MODEL link; ctx has model, clip, vae, latent,
-    image, src, tgt, neg links and the case; a patch may replace ctx["tgt"] (the target CONDITIONING) and set
-    ctx["paste_mask"] (the source's pixels are pasted back outside it after decoding).
+    image, src, tgt, neg links and the case.
     """
     g = Graph()
     if backbone.startswith("embedded"):
         denoiser = backbone.split("_")[1]
-        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, denoiser, case_name)
+        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, denoiser, DEMO_CASE)
         steps, cfg = 20, (4.0 if denoiser == "unet" else 3.0)
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
@@ -171,14 +167,13 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sam
         if backbone in GUIDANCE_DISTILLED:
             src, tgt, neg = flux_guidance(g, src, tgt, neg)
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
-               backbone=backbone, case=case_by_name(case_name) if backbone.startswith("embedded") else None,
+               backbone=backbone, case=case_by_name(DEMO_CASE) if backbone.startswith("embedded") else None,
                steps=steps)
     if patch is not None:
         model = patch(g, ctx)
-    invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, ctx["tgt"], neg, f"{name}_{backbone}",
-                       steps, cfg, backbone in MMDIT, aux=neg if aux else None, after_invert=ctx.get("after_invert"),
-                       after_edit=ctx.get("after_edit"), sampler=sampler,
-                       paste=(image, ctx["paste_mask"]) if ctx.get("paste_mask") is not None else None)
+    invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, tgt, neg, f"{name}_{backbone}", steps,
+                       cfg, backbone in MMDIT, aux=neg if aux else None, after_invert=ctx.get("after_invert"),
+                       after_edit=ctx.get("after_edit"), sampler=sampler)
     return g
 
 
@@ -366,22 +361,45 @@ FLOWEDIT_FLUX_GUIDANCE = (1.5, 5.5)
 PASTE = dict(grow=2, feather=2)  # Paste Source Outside Mask after the drawn-mask FlowEdit (docs/preservation.md)
 
 
-def flowedit_workflow(backbone, name, drawn_mask):
+# Region Prompt with a drawn mask (docs/region_prompt.md): its settings, and Keep Outside Mask's latent cells count as
+# inside from 20% coverage (soft edge cells fade an object drawn where there was none)
+REGION_PROMPT = dict(strength=10.0, self_strength=8.0, end_percent=1.0)
+REGION_PROMPT_CELL_THRESHOLD = 0.2
+
+
+def region_prompt(g, ctx, model, mask):
+    """Region Prompt: the words of what the mask should contain drawn inside it -> (MODEL, target CONDITIONING)."""
+    if ctx["case"] is not None:
+        from embedded.edit_cases import local_prompt, region_words
+        prompt, words = local_prompt(ctx["case"]), region_words(ctx["case"])
+    else:
+        prompt, words = "a small brown dog sitting on a sofa", "small brown dog"
+    node = g.add("AttentionEditRegionPrompt", title="Region Prompt: what the mask should contain", model=model,
+                 clip=ctx["clip"], mask=mask, prompt=prompt, words=words, **REGION_PROMPT)
+    return node[0], node[1]
+
+
+def flowedit_workflow(backbone, name, drawn_mask, region=False):
     """Load -> FlowEdit (MODEL with Keep Outside Mask) -> decode -> save. The kept region is outside the mask from
-    attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png)."""
+    attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png); region:
+    with a drawn mask, Region Prompt puts what the mask should contain inside it (on the embedded models: adding
+    an object, ADD_CASE)."""
     g = Graph()
     embedded_model = backbone.startswith("embedded")
+    case_name = ADD_CASE if region else DEMO_CASE
     if embedded_model:
-        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, backbone.split("_")[1], DEMO_CASE)
+        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, backbone.split("_")[1], case_name)
         settings = FLOWEDIT["embedded"][drawn_mask]
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
         settings = (FAMILIES[backbone]["flowedit"] if backbone in FAMILIES else
                     FLOWEDIT["flux" if backbone in GUIDANCE_DISTILLED else "unet"][drawn_mask])
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
-               backbone=backbone, case=case_by_name(DEMO_CASE) if embedded_model else None)
+               backbone=backbone, case=case_by_name(case_name) if embedded_model else None)
     mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
-    model = keep_outside(g, model, mask)
+    if region:
+        model, tgt = region_prompt(g, ctx, model, mask)
+    model = keep_outside(g, model, mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD if region else 0.0)
     if backbone in GUIDANCE_DISTILLED:
         guided = lambda cond, what, v: g.add("FluxGuidance", title=f"FLUX guidance: {what}", conditioning=cond,
                                              guidance=v)[0]
@@ -403,37 +421,13 @@ def flowedit_edit(backbone):
 
 
 def flowedit_masked_edit(backbone):
-    """The recommended edit with a drawn mask: FlowEdit, keeping the source outside the mask."""
+    """The recommended recolour with a drawn mask: FlowEdit, keeping the source outside the mask."""
     return flowedit_workflow(backbone, "flowedit_keep_mask", drawn_mask=True)
 
 
-# Add an object where a mask says (docs/preservation.md): Region Prompt with a prompt for the mask's content, Keep
-# Outside Mask whose latent cells count as inside from 20% coverage, the Edit Sampler, the source pasted back
-REGION = dict(strength=20.0, self_strength=8.0, end_percent=1.0)
-ADD_CELL_THRESHOLD = 0.2
-
-
-def region_add_patch(g, ctx):
-    """Region Prompt (the new object's words inside the drawn mask) -> Keep Outside Mask; the target CONDITIONING
-    becomes the Region Prompt's, the decoded edit gets the source's pixels outside the mask."""
-    mask = source_mask(g, ctx)
-    if ctx["case"] is not None:
-        from embedded.edit_cases import local_prompt, region_words
-        prompt, words = local_prompt(ctx["case"]), region_words(ctx["case"])
-    else:
-        prompt, words = "a small brown dog on a sofa", "small brown dog"
-    region = g.add("AttentionEditRegionPrompt", title="Region Prompt: what the mask should contain", model=ctx["model"],
-                   clip=ctx["clip"], mask=mask, prompt=prompt, words=words, **REGION)
-    target = region[1]
-    if ctx["backbone"] in GUIDANCE_DISTILLED:
-        target = g.add("FluxGuidance", title="FLUX guidance: region prompt", conditioning=target,
-                       guidance=FLUX_TARGET_GUIDANCE)[0]
-    ctx["tgt"], ctx["paste_mask"] = target, mask
-    return keep_outside(g, region[0], mask, cell_threshold=ADD_CELL_THRESHOLD)
-
-
-def region_add_edit(backbone):
-    return edit_workflow(backbone, "region_add", region_add_patch, case_name=ADD_CASE)
+def flowedit_region_edit(backbone):
+    """The recommended edit with a drawn mask (add, replace, remove): FlowEdit with Region Prompt."""
+    return flowedit_workflow(backbone, "flowedit_region_mask", drawn_mask=True, region=True)
 
 
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
@@ -443,7 +437,7 @@ TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cp
               "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit,
               "source_injection": source_injection_edit, "flowedit_keep": flowedit_edit,
               "edit_guider_proedit": guider_edit,
-              "flowedit_keep_mask": flowedit_masked_edit, "region_add": region_add_edit}
+              "flowedit_keep_mask": flowedit_masked_edit, "flowedit_region_mask": flowedit_region_edit}
 UNET_ONLY = {"unifyedit"}  # refused on MMDiT models (Flux: residuals updated in place block latent gradients)
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
