@@ -29,6 +29,13 @@ class RegionPrompt(Controller):
         self.mask, self.positions = mask, tuple(int(p) for p in positions)
         self.strength, self.self_strength, self.end_percent = float(strength), float(self_strength), float(end_percent)
 
+    def check_shape(self, latent_hw):
+        """A clear error when the mask's aspect ratio is not the latent's (it would be stretched onto the image)."""
+        (mh, mw), (lh, lw) = self.mask.shape[-2:], latent_hw
+        if lh and lw and mh * lw != mw * lh:
+            raise ValueError(f"Region Prompt: the mask is {mh}x{mw} but the latent is {lh}x{lw} (an image of "
+                             f"another shape); give a mask of the edited image's size")
+
     def weight(self, call):
         """1 at the first step, falling linearly to 0 at end_percent of the run's steps (0 after)."""
         total = max(int(getattr(call.run, "total_steps", 0) or 0), 1)
@@ -43,11 +50,14 @@ class RegionPrompt(Controller):
             return False
         if call.kind == "cross" and self.strength == 0.0:
             return False
+        if call.kind == "joint" and self.strength == 0.0 and self.self_strength == 0.0:
+            return False
         return bool(call.rows("target", True)) and self.weight(call) > 0.0
 
     def bias(self, call):
         """Additive bias [B, 1, Lq, Lk]: the target's conditional rows' image queries get the words' and the own
         region's terms, every other entry is 0."""
+        self.check_shape(call.latent_hw)
         per = max(getattr(call.run, "per_branch", 1), 1)
         tokens = call.tokens(self.mask)
         w = self.weight(call)

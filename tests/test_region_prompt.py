@@ -102,6 +102,8 @@ def test_schedule_and_pass_through(rp):
     assert ctl.wants(make_call(rp, "cross", step=4)) and ctl.weight(make_call(rp, "cross", step=0)) == 1.0
     with pytest.raises(ValueError, match="words"):
         rp.region.RegionPrompt(mask, [])
+    with pytest.raises(ValueError, match="the mask is 8x4 but the latent is 8x8"):
+        run_chain(rp, rp.region.RegionPrompt(torch.ones(1, 8, 4), [2]), make_call(rp, "cross"))
 
 
 def region_graph(denoiser, sampler, strength, words="blue circle", prompt="a blue circle on a black background"):
