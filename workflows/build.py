@@ -14,7 +14,7 @@ sys.path.insert(0, str(HERE))
 from graph import Graph  # noqa: E402
 
 DEMO_CASE = "colour_red_to_yellow"  # the embedded workflows' edit (embedded/edit_cases.py)
-ADD_CASE = "addition_of_triangle"   # the embedded Region Prompt workflows' edit: add an object where a mask says
+REGION_CASE = "shape_circle_to_square"  # the embedded Region Prompt workflows' edit: new content in the mask
 
 
 def case_by_name(name):
@@ -382,11 +382,11 @@ def region_prompt(g, ctx, model, mask):
 def flowedit_workflow(backbone, name, drawn_mask, region=False):
     """Load -> FlowEdit (MODEL with Keep Outside Mask) -> decode -> save. The kept region is outside the mask from
     attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png); region:
-    with a drawn mask, Region Prompt puts what the mask should contain inside it (on the embedded models: adding
-    an object, ADD_CASE)."""
+    with a drawn mask, Region Prompt puts what the mask should contain inside it (on the embedded models: a square
+    in place of the circle, REGION_CASE)."""
     g = Graph()
     embedded_model = backbone.startswith("embedded")
-    case_name = ADD_CASE if region else DEMO_CASE
+    case_name = REGION_CASE if region else DEMO_CASE
     if embedded_model:
         model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, backbone.split("_")[1], case_name)
         settings = FLOWEDIT["embedded"][drawn_mask]
@@ -465,7 +465,7 @@ def write_input_images():
     from embedded.dataset import render_scene
     for old in (HERE / "inputs").glob("attention_edit_*.png"):
         old.unlink()
-    for name in (DEMO_CASE, ADD_CASE):
+    for name in (DEMO_CASE, REGION_CASE):
         case = case_by_name(name)
         image, _ = render_scene(case.source, 64)
         Image.fromarray((image * 255).round().astype(np.uint8)).save(HERE / "inputs" / input_image_name(name))
