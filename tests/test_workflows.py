@@ -181,7 +181,10 @@ def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(bu
             target = edit["inputs"]["target_positive"]
             if name.endswith(GUIDANCE_DISTILLED):
                 target = source_of(api, target, "FluxGuidance")["inputs"]["conditioning"]
+            if name.endswith("_flux_kontext_dev"):  # the source image as its reference, as every branch's
+                target = source_of(api, target, "ReferenceLatent")["inputs"]["conditioning"]
             assert source_of(api, target, "AttentionEditRegionPrompt") is region and target[1] == 1, name
+            assert not any(n["_meta"]["title"] == "target prompt" for n in api.values()), name  # nothing left over
         if name.endswith(GUIDANCE_DISTILLED):
             assert edit["inputs"]["source_cfg"] == edit["inputs"]["target_cfg"] == 1.0
             assert source_of(api, edit["inputs"]["source_positive"], "FluxGuidance")["inputs"]["guidance"] == 1.5
@@ -208,7 +211,7 @@ def test_kontext_workflows_give_every_branch_the_source_image_as_reference(built
     """FLUX.1 Kontext: ReferenceLatent with the source latent on every prompt (the branches run in one model call,
     so they share it); the image is scaled to Kontext's sizes first, as ComfyUI's Kontext template does."""
     kontext = {name: api for name, (api, _) in built.items() if name.endswith("_flux_kontext_dev")}
-    assert len(kontext) == 9
+    assert len(kontext) == 10
     for name, api in kontext.items():
         refs = [n for n in api.values() if n["class_type"] == "ReferenceLatent"]
         assert len(refs) == 3, name

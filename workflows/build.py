@@ -30,16 +30,18 @@ def mask_image_name(case_name):
     return f"attention_edit_case_{case_name}_mask.png"
 
 
-def embedded_loaders(g, denoiser, case_name):
+def embedded_loaders(g, denoiser, case_name, with_target=True):
+    """MODEL, CLIP, VAE, image, latent and the source / target / empty CONDITIONINGs (target None without
+    with_target: a node of the workflow encodes its own, as Region Prompt does)."""
     case = case_by_name(case_name)
     source, target = case.source_prompt, case.target_prompt
     m = g.add("LoadEmbeddedEditModel", denoiser=denoiser)
     image = g.add("LoadImage", image=input_image_name(case_name))
     latent = g.add("VAEEncode", pixels=image[0], vae=m[2])
     src = g.add("CLIPTextEncode", title="source prompt", text=source, clip=m[1])
-    tgt = g.add("CLIPTextEncode", title="target prompt", text=target, clip=m[1])
+    tgt = g.add("CLIPTextEncode", title="target prompt", text=target, clip=m[1])[0] if with_target else None
     neg = g.add("CLIPTextEncode", title="negative / empty prompt", text="", clip=m[1])
-    return m[0], m[1], m[2], image[0], latent[0], src[0], tgt[0], neg[0]
+    return m[0], m[1], m[2], image[0], latent[0], src[0], tgt, neg[0]
 
 
 # The joint-attention families, with the file names of ComfyUI's own templates: diffusion model loader, text
@@ -100,7 +102,8 @@ def flux_family_loaders(g, family):
 
 
 
-def real_loaders(g, family):
+def real_loaders(g, family, with_target=True):
+    """As embedded_loaders, for a real model family (its files as ComfyUI's templates name them)."""
     if family in FAMILIES:
         model, clip, vae = family_loaders(g, family)
     elif family in FLUX_FAMILY_FILES:
@@ -114,12 +117,20 @@ def real_loaders(g, family):
         image = g.add("FluxKontextImageScale", image=image)[0]
     latent = g.add("VAEEncode", pixels=image, vae=vae)[0]
     src = g.add("CLIPTextEncode", title="source prompt", text="a photo of a cat sitting on a sofa", clip=clip)[0]
-    tgt = g.add("CLIPTextEncode", title="target prompt", text="a photo of a dog sitting on a sofa", clip=clip)[0]
+    tgt = g.add("CLIPTextEncode", title="target prompt", text="a photo of a dog sitting on a sofa",
+                clip=clip)[0] if with_target else None
     neg = g.add("CLIPTextEncode", title="negative / empty prompt", text="", clip=clip)[0]
-    if family == "flux_kontext":  # the source image as every branch's reference latent (one model call: the same)
-        src, tgt, neg = (g.add("ReferenceLatent", title=f"reference: {what}", conditioning=c, latent=latent)[0]
-                         for c, what in ((src, "source prompt"), (tgt, "target prompt"), (neg, "empty prompt")))
+    src, tgt, neg = (reference(g, family, c, latent, what)
+                     for c, what in ((src, "source prompt"), (tgt, "target prompt"), (neg, "empty prompt")))
     return model, clip, vae, image, latent, src, tgt, neg
+
+
+def reference(g, family, cond, latent, what):
+    """FLUX.1 Kontext: the source image as the CONDITIONING's reference latent (every branch's: one model call
+    shares it); other families, or no CONDITIONING: unchanged."""
+    if family != "flux_kontext" or cond is None:
+        return cond
+    return g.add("ReferenceLatent", title=f"reference: {what}", conditioning=cond, latent=latent)[0]
 
 
 def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, flow, aux=None, cache_kv=False,
@@ -388,10 +399,11 @@ def flowedit_workflow(backbone, name, drawn_mask, region=False):
     embedded_model = backbone.startswith("embedded")
     case_name = REGION_CASE if region else DEMO_CASE
     if embedded_model:
-        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, backbone.split("_")[1], case_name)
+        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, backbone.split("_")[1], case_name,
+                                                                          with_target=not region)
         settings = FLOWEDIT["embedded"][drawn_mask]
     else:
-        model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
+        model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone, with_target=not region)
         settings = (FAMILIES[backbone]["flowedit"] if backbone in FAMILIES else
                     FLOWEDIT["flux" if backbone in GUIDANCE_DISTILLED else "unet"][drawn_mask])
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
@@ -399,6 +411,7 @@ def flowedit_workflow(backbone, name, drawn_mask, region=False):
     mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
     if region:
         model, tgt = region_prompt(g, ctx, model, mask)
+        tgt = reference(g, backbone, tgt, latent, "region prompt")
     model = keep_outside(g, model, mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD if region else 0.0)
     if backbone in GUIDANCE_DISTILLED:
         guided = lambda cond, what, v: g.add("FluxGuidance", title=f"FLUX guidance: {what}", conditioning=cond,
