@@ -103,14 +103,19 @@ def test_every_embedded_workflow_runs_over_http(install, server):
 
 
 def test_every_embedded_workflow_runs_through_comfy_api_simplified(install, server):
-    """Titles address the nodes: a new target prompt and output prefix (so the edit runs again, not from cache)."""
+    """Titles address the nodes: a new target prompt (in the Region Prompt workflows its prompt and words) and
+    output prefix (so the edit runs again, not from cache)."""
     from comfy_api_simplified import ComfyApiWrapper, ComfyWorkflowWrapper
     from PIL import Image
     api = ComfyApiWrapper(server.url)
     with ThreadPoolExecutor(1) as pool:
         for path in embedded_workflows(install[1]):
             workflow = ComfyWorkflowWrapper(str(path))
-            workflow.set_node_param("target prompt", "text", "a green circle on a blue background")
+            if "region" in path.stem:
+                workflow.set_node_param("region prompt", "prompt", "a green square on a black background")
+                workflow.set_node_param("region prompt", "words", "green square")
+            else:
+                workflow.set_node_param("target prompt", "text", "a green circle on a blue background")
             workflow.set_node_param("Save Image", "filename_prefix", f"api_simplified/{path.stem}")
             images = pool.submit(api.queue_and_wait_images, workflow, "Save Image").result(WORKFLOW_TIMEOUT)
             [(name, data)] = images.items()

@@ -385,7 +385,7 @@ def region_prompt(g, ctx, model, mask):
         prompt, words = local_prompt(ctx["case"]), region_words(ctx["case"])
     else:
         prompt, words = "a small brown dog sitting on a sofa", "small brown dog"
-    node = g.add("AttentionEditRegionPrompt", title="Region Prompt: what the mask should contain", model=model,
+    node = g.add("AttentionEditRegionPrompt", title="region prompt", model=model,
                  clip=ctx["clip"], mask=mask, prompt=prompt, words=words, **REGION_PROMPT)
     return node[0], node[1]
 
