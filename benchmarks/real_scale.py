@@ -118,10 +118,14 @@ def workload(kind, spec, tiny, device, float32=False):
 
 
 def pipelines(runtime, work, spec, steps, kind):
-    """{name: Variant}: technique_overhead's variants, ProEdit's pipeline (KV-Mix + Latents-Shift) and, on a
-    U-Net, UnifyEdit with the example workflow's settings (token indices instead of words: no tokenizer)."""
+    """{name: Variant}: technique_overhead's variants, ProEdit's pipeline (KV-Mix + Latents-Shift), Region Prompt
+    (its defaults, words at token positions 2-3) and, on a U-Net, UnifyEdit with the example workflow's settings
+    (token indices instead of words: there is no tokenizer)."""
     chosen = technique_overhead.variants(runtime, work["model"], work["mask"], steps)
     chosen["proedit"] = technique_overhead.Variant(chosen["kvmix"].model, shift=True)
+    region = runtime.pack_module("attention.region_prompt").RegionPrompt(work["mask"], [2, 3])  # the node defaults
+    chosen["region_prompt"] = technique_overhead.Variant(
+        runtime.pack_module("attention.hooks").with_controller(work["model"], region))
     if kind != "flux":
         import unifyedit_sweep
         s = dict(unifyedit_sweep.settings({}), edit_tokens="#2, #3", target_prompt="", sa_layers=spec.scale,
@@ -185,7 +189,8 @@ def measure_model(runtime, kind, spec, args, device, dev, deadline, rows):
         rows.append({**dict(model=spec.label, variant=name, ok="skipped: time budget", finite=None,
                             ms_per_step=None, ratio_base=None, peak_extra=None, invert_s=None, weights=None),
                      **values})
-    names = list(technique_overhead.VARIANTS) + ["proedit"] + (["unifyedit"] if kind != "flux" else [])
+    names = list(technique_overhead.VARIANTS) + ["proedit", "region_prompt"]
+    names += ["unifyedit"] if kind != "flux" else []
     if time.perf_counter() > deadline:
         for name in names:
             row(name)

@@ -22,7 +22,7 @@ def test_tiny_run_has_every_variant_ok_and_finite(comfy, tmp_path, capsys):
         torch.set_num_threads(threads)
         logging.getLogger().setLevel(level)
     table = capsys.readouterr().out
-    variants = list(technique_overhead.VARIANTS) + ["proedit"]
+    variants = list(technique_overhead.VARIANTS) + ["proedit", "region_prompt"]
     expected = {(m, v) for m in ("tiny sd15", "tiny sdxl", "tiny flux") for v in variants}
     expected |= {(m, "unifyedit") for m in ("tiny sd15", "tiny sdxl")}
     assert {(r["model"], r["variant"]) for r in rows} == expected
