@@ -1,5 +1,7 @@
 """AttnCall: the one view of an attention call that every controller gets, for U-Net and MMDiT alike."""
 
+import logging
+
 from comfy.ldm.modules import attention as comfy_attention
 
 from .indexing import selector
@@ -7,6 +9,8 @@ from .masked import add_bias, as_bias, keep_bias, masked_attention
 from .run_state import step_from_sigmas
 from .text_keys import text_keys_of, word_columns
 from .token_masks import tokens_on
+
+log = logging.getLogger(__name__)
 
 
 class AttnCall:
@@ -81,14 +85,13 @@ class AttnCall:
         self.extra_bias = add_bias(self.extra_bias, bias.to(self.q.dtype))
         self._probs = None
 
-    def row_bias(self, row, queries=slice(None)):
-        """bias() for batch row `row` and the query positions `queries` (a slice), broadcastable, or None."""
-        bias = self.bias()
-        if bias is None:
-            return None
-        if bias.shape[0] == self.q.shape[0] and bias.shape[0] > 1:
-            bias = bias[row:row + 1]
-        return bias[:, :, queries] if bias.shape[2] == self.q.shape[2] else bias
+    def warn_bias_dropped(self, what):
+        """Log once per run that `what` computes this call's attention without the bias a controller added."""
+        told = self.run.store.setdefault("told", set()) if self.run is not None else set()
+        if ("bias", what) not in told:
+            told.add(("bias", what))
+            log.warning("Attention Edit: %s computes attention without the bias of Region Prompt, so Region Prompt "
+                        "does not act there; leave one of the two out of those layers", what)
 
     def text_keep(self, row):
         """Bool [n_txt]: the text keys row `row` attends (False at its prompt's padding), or None for all."""

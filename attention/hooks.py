@@ -143,14 +143,6 @@ def _warn_unmasked(call, what):
                     "avoid it", what)
 
 
-def _warn_bias_dropped(call, what):
-    told = call.run.store.setdefault("told", set()) if call.run is not None else set()
-    if ("bias", what) not in told:
-        told.add(("bias", what))
-        log.warning("Attention Edit: %s takes no attention mask, so the attention bias of Region Prompt does not act "
-                    "there; put that node's patch on other layers or leave Region Prompt out", what)
-
-
 def _split_heads(t, heads):
     return t.view(t.shape[0], t.shape[1], heads, t.shape[2] // heads).transpose(1, 2)
 
@@ -224,7 +216,7 @@ class UNetAttnHook:
                 if c.key_bias is not None:
                     _warn_unmasked(c, f"another node's attention patch on {c.layer}")
                 if c.extra_bias is not None:
-                    _warn_bias_dropped(c, f"another node's attention patch on {c.layer}")
+                    c.warn_bias_dropped(f"another node's attention patch on {c.layer} (it takes no mask)")
                 return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options), heads)
             if "optimized_attention_override" in options:  # another node's kernel: given the bias as its mask
                 return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options,

@@ -81,4 +81,3 @@ class PreserveHook(LatentHook):
     def __repr__(self):
         return (f"PreserveHook(steps {self.start}..{self.end}, grow {self.grow}, feather {self.feather}, "
                 f"cell_threshold {self.cell_threshold})")
-

@@ -205,4 +205,19 @@ def test_region_prompt_warns_where_another_patch_takes_no_mask(pack, fixtures, c
     from test_coexistence import ip_adapter_style
     with caplog.at_level("WARNING"):
         region_edit(pack, fixtures, "sd15", lambda m: ip_adapter_style(m, True))
-    assert "attention bias of Region Prompt does not act" in caplog.text
+    assert "without the bias of Region Prompt" in caplog.text
+
+
+def test_region_prompt_beside_cpam_says_where_it_cannot_act(rp, pack, caplog):
+    """CPAM recomputes the target's attention over its own key regions: Region Prompt's bias cannot join there,
+    and the log says so once."""
+    cpam = pack("attention.cpam")
+    call = make_call(rp, "joint", roles=("source", "target", "aux"), conds=(True, True, True))
+    target = type("Given", (), {"pixels": lambda self, c: quadrant_mask(), "controllers": lambda self: ()})()
+    chain = (rp.region.RegionPrompt(quadrant_mask(), [2, 3]), cpam.LocalizedCrossAttention(target))
+    again = make_call(rp, "joint", roles=("source", "target", "aux"), conds=(True, True, True))
+    again.run = call.run  # a second call of the same run
+    with caplog.at_level("WARNING"):
+        for c in (call, again):
+            rp.controller.run_chain(chain, c, lambda c: c.attend())
+    assert caplog.text.count("CPAM on l0 computes attention without the bias of Region Prompt") == 1
