@@ -5,7 +5,7 @@ import logging
 from comfy.ldm.modules import attention as comfy_attention
 
 from .indexing import selector
-from .masked import add_bias, as_bias, keep_bias, masked_attention
+from .masked import add_bias as sum_bias, as_bias, keep_bias, masked_attention
 from .run_state import step_from_sigmas
 from .text_keys import text_keys_of, word_columns
 from .token_masks import tokens_on
@@ -77,21 +77,31 @@ class AttnCall:
     def bias(self):
         """The call's whole additive attention bias (model mask + padded text keys + controllers' biases),
         broadcastable, or None."""
-        return add_bias(add_bias(as_bias(self.mask, self.q.dtype), self.key_bias), self.extra_bias)
+        return sum_bias(sum_bias(as_bias(self.mask, self.q.dtype), self.key_bias), self.extra_bias)
 
     def add_bias(self, bias):
         """Add an additive attention bias (broadcastable to [B, H, Lq, Lk]; heads 1) before attention is computed:
         every kernel the call reaches gets it (attend(), probs(), another node's kernel as its mask)."""
-        self.extra_bias = add_bias(self.extra_bias, bias.to(self.q.dtype))
+        self.extra_bias = sum_bias(self.extra_bias, bias.to(self.q.dtype))
         self._probs = None
 
-    def warn_bias_dropped(self, what):
-        """Log once per run that `what` computes this call's attention without the bias a controller added."""
+    def warn_once(self, key, message, *args):
+        """Log `message` (a logging format, with `args`) once per run and `key`."""
         told = self.run.store.setdefault("told", set()) if self.run is not None else set()
-        if ("bias", what) not in told:
-            told.add(("bias", what))
-            log.warning("Attention Edit: %s computes attention without the bias of Region Prompt, so Region Prompt "
-                        "does not act there; leave one of the two out of those layers", what)
+        if key not in told:
+            told.add(key)
+            log.warning("Attention Edit: " + message, *args)
+
+    def warn_unmasked(self, what, padding=True):
+        """`what` computes this call's attention without its bias: say once per run what that loses (padding False:
+        `what` masks the padded text keys itself)."""
+        if padding and self.key_bias is not None:
+            self.warn_once(("padding", what), "%s takes no attention mask, so it also sees the zeros that pad the "
+                           "shorter prompts (a small change to those rows); give the branches prompts of equal "
+                           "token length to avoid it", what)
+        if self.extra_bias is not None:
+            self.warn_once(("bias", what), "%s computes attention without the bias of Region Prompt, so Region "
+                           "Prompt does not act there; leave one of the two out of those layers", what)
 
     def text_keep(self, row):
         """Bool [n_txt]: the text keys row `row` attends (False at its prompt's padding), or None for all."""
@@ -191,7 +201,7 @@ class AttnCall:
         if own is None and bias is None:
             return comfy_attention.optimized_attention(q, k, v, q.shape[1], skip_reshape=True,
                                                        skip_output_reshape=True)
-        return masked_attention(q, k, v, add_bias(own, bias))
+        return masked_attention(q, k, v, sum_bias(own, bias))
 
     def image_map(self, values):
         """Reshape per-image-token values [..., n_img] to [..., h, w] on the token grid."""

@@ -99,8 +99,8 @@ class _Plan:
 
     def compute(self, call, out):
         rows = sorted(set(self.image) | set(self.text))
-        if call.extra_bias is not None:  # its regions are other key sets than the call's
-            call.warn_bias_dropped(f"CPAM on {call.layer}")
+        if call.extra_bias is not None:  # its regions are other key sets than the call's: the bias cannot join
+            call.warn_unmasked(f"CPAM on {call.layer}", padding=False)
         img = call.img
         out = out.clone()
         for r in rows:

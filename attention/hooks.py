@@ -134,15 +134,6 @@ def padded_prompts(options):
     return keys is not None and keys.padded
 
 
-def _warn_unmasked(call, what):
-    told = call.run.store.setdefault("told", set())
-    if what not in told:
-        told.add(what)
-        log.warning("Attention Edit: %s takes no attention mask, so it also sees the zeros that pad the shorter "
-                    "prompts (a small change to those rows); give the branches prompts of equal token length to "
-                    "avoid it", what)
-
-
 def _split_heads(t, heads):
     return t.view(t.shape[0], t.shape[1], heads, t.shape[2] // heads).transpose(1, 2)
 
@@ -213,10 +204,7 @@ class UNetAttnHook:
             if c.plain:
                 return _split_heads(self.plain(q, k, v, options), heads)
             if self.fallback is not None:  # another node's attention, on the K/V the technique chose
-                if c.key_bias is not None:
-                    _warn_unmasked(c, f"another node's attention patch on {c.layer}")
-                if c.extra_bias is not None:
-                    c.warn_bias_dropped(f"another node's attention patch on {c.layer} (it takes no mask)")
+                c.warn_unmasked(f"another node's attention patch on {c.layer} (it takes no mask)")
                 return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options), heads)
             if "optimized_attention_override" in options:  # another node's kernel: given the bias as its mask
                 return _split_heads(self.plain(q, _merge_heads(c.k), _merge_heads(c.v), options,

@@ -162,13 +162,15 @@ def test_region_prompt_node_errors(run, words, prompt, match):
         run(region_graph("unet", "edit", 4.0, words=words, prompt=prompt))
 
 
-def region_edit(pack, fixtures, kind, patch_other, region=True):
+def region_edit(pack, fixtures, kind, patch_other, region=True, target_length=8):
     """Invert + Edit Sampler on a tiny model with another node's patch (patch_other) and, if region, Region Prompt
-    on the target's words 'blue cat' (positions 1-2) over the left half."""
+    on the target's words 'blue cat' (positions 1-2) over the left half; target_length other than the source's 8
+    tokens pads the prompts to one length."""
     from test_preservation import source_latent
     inversion, edit, hooks = pack("latent_ops.inversion"), pack("latent_ops.edit"), pack("attention.hooks")
     model = fixtures.tiny_model(kind)
-    pos, tgt, empty = (fixtures.tiny_conditioning(t) for t in ("a red cat", "a blue cat", ""))
+    pos, empty = (fixtures.tiny_conditioning(t) for t in ("a red cat", ""))
+    tgt = fixtures.tiny_conditioning("a blue cat", length=target_length)
     inv = inversion.invert(model, source_latent(21), pos, steps=3)
     mask = torch.zeros(1, 128, 128)
     mask[..., :64] = 1
@@ -201,11 +203,17 @@ def test_region_prompt_bias_reaches_another_nodes_kernel(pack, fixtures, kind):
 
 
 def test_region_prompt_warns_where_another_patch_takes_no_mask(pack, fixtures, caplog):
-    """IP-Adapter-style attn2 replace patches take no mask: Region Prompt says it cannot act there."""
+    """IP-Adapter-style attn2 replace patches take no mask: the log says Region Prompt cannot act there, and (a
+    separate warning) that padded prompt keys reach them unmasked."""
     from test_coexistence import ip_adapter_style
     with caplog.at_level("WARNING"):
         region_edit(pack, fixtures, "sd15", lambda m: ip_adapter_style(m, True))
     assert "without the bias of Region Prompt" in caplog.text
+    assert "pad the shorter prompts" not in caplog.text  # prompts of one length: nothing padded
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        region_edit(pack, fixtures, "sd15", lambda m: ip_adapter_style(m, True), region=False, target_length=12)
+    assert "pad the shorter prompts" in caplog.text and "Region Prompt" not in caplog.text
 
 
 def test_region_prompt_beside_cpam_says_where_it_cannot_act(rp, pack, caplog):
