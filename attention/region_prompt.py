@@ -43,14 +43,14 @@ class RegionPrompt(Controller):
         step = call.step or 0
         return max(0.0, 1.0 - step / active) if active > 0 else 0.0
 
+    def biases_words(self, call):
+        return call.kind in ("cross", "joint") and self.strength != 0.0
+
+    def biases_region(self, call):
+        return call.kind in ("self", "joint") and self.self_strength != 0.0
+
     def wants(self, call):
-        if call.kind not in self.kinds or call.run is None or call.run.phase != "edit":
-            return False
-        if call.kind == "self" and self.self_strength == 0.0:
-            return False
-        if call.kind == "cross" and self.strength == 0.0:
-            return False
-        if call.kind == "joint" and self.strength == 0.0 and self.self_strength == 0.0:
+        if call.run is None or call.run.phase != "edit" or not (self.biases_words(call) or self.biases_region(call)):
             return False
         return bool(call.rows("target", True)) and self.weight(call) > 0.0
 
@@ -65,14 +65,14 @@ class RegionPrompt(Controller):
         bias = torch.zeros(call.q.shape[0], 1, call.q.shape[2], call.k.shape[2], dtype=call.q.dtype,
                            device=call.q.device)
         cols = None
-        if call.kind in ("cross", "joint") and self.strength:
+        if self.biases_words(call):
             cols = call.index([call.txt.start + c for c in call.text_columns(self.positions, "target")])
         for j, r in enumerate(call.rows("target", True)):
             m = pick(tokens, j % per)
             row = bias[r, 0, img]  # a view: the image queries of row r
             if cols is not None:
                 row[:, cols] += (w * self.strength) * (2 * m - 1)[:, None]
-            if call.kind in ("self", "joint") and self.self_strength:
+            if self.biases_region(call):
                 same = m[:, None] * m[None, :] + (1 - m)[:, None] * (1 - m)[None, :]
                 row[:, img] += (w * self.self_strength) * same
         return bias
