@@ -2,8 +2,10 @@
 
 mode "key+value" (MasaCtrl, mutual self-attention): the target's image queries attend to the source's image keys
 and values. mode "value" (RF-Solver-Edit feature sharing): only the values of the image tokens are the source's;
-the target's queries and keys (so its attention map) stay its own. In Flux joint attention the text tokens' K/V
-stay the target's. Acts on the Edit Sampler's target rows, in the chosen layers, for steps in [start, end); a
+the target's queries and keys (so its attention map) stay its own. mode "query+key" (Plug-and-Play self-attention
+injection): the image tokens' queries and keys are the source's, so the target uses the source's attention map on
+its own values: the layout stays, the appearance may change (recolouring). In Flux joint attention the text tokens'
+Q/K/V stay the target's. Acts on the Edit Sampler's target rows, in the chosen layers, for steps in [start, end); a
 target row of the cond (uncond) pass reads the source row of the same pass and image index, falling back to the
 source cond pass when the call has no source uncond rows. Each pass pairs within itself, so it acts the same when
 ComfyUI runs cond and uncond in separate model calls.
@@ -17,7 +19,7 @@ import math
 from .controller import Controller
 from .hooks import model_family, self_attention_layers
 
-MODES = ("key+value", "value")
+MODES = ("key+value", "value", "query+key")
 GROUPS = ("paper default", "all", "later: U-Net decoder / Flux single blocks",
           "earlier: U-Net encoder+middle / Flux double blocks")
 
@@ -26,6 +28,8 @@ MASACTRL_START = (4, 50)          # mutual self-attention from step 4 of 50 on .
 MASACTRL_LAYER = (10, 16)         # ... in transformer blocks 10.. of SD1.5's 16 (SDXL: 44 of 70 = same fraction)
 RF_EDIT_INJECT = (3, 25)          # V shared in the first 3 of 25 steps ...
 RF_EDIT_SINGLE = (20, 38)         # ... in FLUX single blocks 20..37 (the code's `id > 19`)
+PNP_STEPS = (25, 50)              # Plug-and-Play: self-attention Q/K in the first half of the steps ...
+PNP_DECODER = (1, 9)              # ... in SD1.5's decoder self-attention from the 2nd of its 9 on
 
 
 def scaled(part, total):
@@ -37,7 +41,7 @@ def paper_steps(mode, total):
     """(start, end) of the paper's step range scaled to `total` steps; end is exclusive."""
     if mode == "key+value":
         return scaled(MASACTRL_START, total), total
-    return 0, max(1, scaled(RF_EDIT_INJECT, total))
+    return 0, max(1, scaled(PNP_STEPS if mode == "query+key" else RF_EDIT_INJECT, total))
 
 
 def group_layers(names, group):
@@ -61,7 +65,14 @@ def from_fraction(layers, fraction):
 
 def paper_layers(names, mode, family):
     """The paper's layers: value (RF-Solver-Edit) = Flux single blocks 20/38 on, U-Net decoder self-attention;
-    key+value (MasaCtrl) = all self-attention (U-Net) / joint (Flux) layers from 10/16 of them on."""
+    key+value (MasaCtrl) = all self-attention (U-Net) / joint (Flux) layers from 10/16 of them on; query+key
+    (Plug-and-Play) = U-Net decoder self-attention from 1/9 of it on, and (our extension) every Flux single block
+    (the later half of the joint layers on families without single blocks)."""
+    if mode == "query+key":
+        later = group_layers(names, GROUPS[2])
+        if family == "unet":
+            return later[scaled(PNP_DECODER, len(later)):]
+        return later or names[len(names) // 2:]
     if mode == "value":
         if family == "dit":  # SD3 / Qwen-Image have no single blocks: the same share of their joint layers
             singles = group_layers(names, GROUPS[2]) or names
@@ -134,14 +145,15 @@ class SourceInjection(Controller):
 
     def before(self, call):
         img = call.img
-        k = call.k.clone() if self.mode == "key+value" else None
-        v = call.v.clone()
+        q = call.q.clone() if self.mode == "query+key" else None
+        k = call.k.clone() if self.mode != "value" else None
+        v = call.v.clone() if self.mode != "query+key" else None
         for targets, sources in self.pairs(call):
             t, s = call.index(targets), call.index(sources)
-            v[t, :, img] = call.v[s][:, :, img]
-            if k is not None:
-                k[t, :, img] = call.k[s][:, :, img]
-        call.set_kv(k, v)
+            for new, old in ((q, call.q), (k, call.k), (v, call.v)):
+                if new is not None:
+                    new[t, :, img] = old[s][:, :, img]
+        call.set_kv(k, v, q=q)
 
     def __repr__(self):
         return f"SourceInjection({self.mode}, steps {self.start}..{self.end}, {len(self.layers)} layers)"

@@ -55,7 +55,7 @@ def _pasted(g, ctx, decoded):
     if ctx.get("paste_mask") is None:
         return decoded
     return g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=ctx["image"], mask=ctx["paste_mask"],
-                 **workflows.PASTE)
+                 **ctx["paste"])
 
 
 def _decoded(g, ctx, samples):
@@ -96,11 +96,13 @@ def _flowedit(patch=None, **overrides):
 def _keep(technique=None, mask="exact", paste=False, **keep):
     """`technique`'s MODEL patch followed by Keep Outside Mask with ctx["mask"] (the exact edit mask unless the
     technique replaced it) or ("attention") a mask from attention; paste: the decoded edit then gets the source's
-    pixels outside the same mask (Paste Source Outside Mask)."""
+    pixels outside the same mask (Paste Source Outside Mask; True: workflows.PASTE's grow and feather, or a dict of
+    them)."""
     def patch(g, ctx):
         model = technique(g, ctx) if technique else ctx["model"]
         chosen = ctx["mask"] if mask == "exact" else workflows.attention_mask(g, ctx)
         ctx["paste_mask"] = chosen if paste else None
+        ctx["paste"] = paste if isinstance(paste, dict) else workflows.PASTE
         return workflows.keep_outside(g, model, chosen, **keep)
     return patch
 
@@ -242,13 +244,24 @@ def _chain(*patches):
     return patch
 
 
+def _plug_and_play(g, ctx):
+    """Source Attention Injection, query+key (the source's layout), over FlowEdit's whole window in its paper's
+    layers: the flowedit_keep_mask (recolour) workflows' setting."""
+    return g.add("AttentionEditSourceInjection", model=ctx["model"], mode="query+key (Plug-and-Play)", start_step=0,
+                 end_step=FLOWEDIT_MASKED["n_max"], layers="paper default", layer_fraction=0.0)[0]
+
+
 def region_methods(cell_threshold=None, **settings):
     """Region Prompt + Keep Outside Mask (cell_threshold: the workflows' by default) + paste-back, exact mask, in
-    the Edit Sampler and in FlowEdit (the flowedit_region_mask workflows)."""
+    the Edit Sampler and in FlowEdit (the flowedit_region_mask workflows); and the recolour workflows' pipeline:
+    the same with Plug-and-Play and the paste from the mask's edge (flowedit_keep_mask)."""
     threshold = workflows.REGION_PROMPT_CELL_THRESHOLD if cell_threshold is None else cell_threshold
     both = _chain(_region(**settings), _keep(paste=True, cell_threshold=threshold))
+    recolour = _chain(_plug_and_play, _region(**settings),
+                      _keep(paste=workflows.RECOLOUR_PASTE, cell_threshold=threshold))
     return {"region_keep_exact_mask_paste": lambda d, c, i, s: _graph(d, c, i, s, patch=both),
-            "flowedit_region_keep_exact_mask_paste": _flowedit(both, **FLOWEDIT_MASKED)}
+            "flowedit_region_keep_exact_mask_paste": _flowedit(both, **FLOWEDIT_MASKED),
+            "flowedit_recolour_exact_mask_paste": _flowedit(recolour, **FLOWEDIT_MASKED)}
 
 
 METHODS.update(region_methods())

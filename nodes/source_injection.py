@@ -1,24 +1,31 @@
-"""Source attention injection node: the MasaCtrl (mutual self-attention) and RF-Solver-Edit (V sharing) baselines."""
+"""Source attention injection node: MasaCtrl (mutual self-attention), RF-Solver-Edit (V sharing) and Plug-and-Play
+(self-attention map injection)."""
 from ..attention.hooks import with_controller
 from ..attention.source_injection import GROUPS, SourceInjection as SourceInjectionController, select
 from .inputs import ModelPatchNode
 
-MODES = {"key+value (MasaCtrl)": "key+value", "value (RF-Solver-Edit)": "value"}
+MODES = {"key+value (MasaCtrl)": "key+value", "value (RF-Solver-Edit)": "value",
+         "query+key (Plug-and-Play)": "query+key"}
 AUTO = -1
 
 
 class SourceInjection(ModelPatchNode):
     DESCRIPTION = (
-        "Source attention injection, the classic editing baselines. On the Edit Sampler's target branch, in the "
-        "chosen layers and steps, the image tokens' attention inputs come from the source branch (same pass, same "
-        "image): key+value (MasaCtrl mutual self-attention): the target's image queries attend to the source's "
-        "image keys and values; value (RF-Solver-Edit feature sharing): only the values are the source's, queries "
-        "and keys stay the target's. Text tokens of Flux joint attention keep the target's K/V. Defaults (-1 and "
+        "Source attention injection, the classic editing baselines. On the target branch of the Edit Sampler or "
+        "FlowEdit, in the chosen layers and steps, the image tokens' attention inputs come from the source branch "
+        "(same pass, same image): key+value (MasaCtrl mutual self-attention): the target's image queries attend to "
+        "the source's image keys and values; value (RF-Solver-Edit feature sharing): only the values are the "
+        "source's, queries and keys stay the target's; query+key (Plug-and-Play): the queries and keys are the "
+        "source's, so the target keeps the source's attention map (its layout) on its own values: for recolouring, "
+        "with Region Prompt and a drawn mask (docs/region_prompt.md). Text tokens of Flux joint attention keep the "
+        "target's Q/K/V. Defaults (-1 and "
         "'paper default') follow each paper scaled to the Edit Sampler's N steps: MasaCtrl acts from step "
         "round(4/50*N) to the end in the self-attention layers from 10/16 of them on (SD1.5: transformer blocks "
         "10-15 = output blocks 6-11; SDXL: 44-69; Flux, our extension: the same share of the double+single "
         "blocks); RF-Solver-Edit acts on steps 0..round(3/25*N)-1 (at least 1) in the Flux single blocks from "
-        "20/38 of them on (FLUX.1-dev: 20-37) and, on U-Nets, in every decoder (output block) self-attention layer.")
+        "20/38 of them on (FLUX.1-dev: 20-37) and, on U-Nets, in every decoder (output block) self-attention layer; "
+        "Plug-and-Play acts on the first half of the steps (round(N/2)) in the U-Net decoder self-attention from 1/9 "
+        "of it on (SD1.5: output blocks 4-11) and, our extension, in every Flux single block.")
     OUTPUT_TOOLTIPS = ("The MODEL with source injection; connect it to the Edit Sampler (not to the Invert node).",)
 
     @classmethod
@@ -29,13 +36,15 @@ class SourceInjection(ModelPatchNode):
                 "mode": (list(MODES), {"default": "key+value (MasaCtrl)", "tooltip": "key+value: target image "
                          "queries attend to the source's image keys and values (MasaCtrl); value: only the image "
                          "values are replaced by the source's, the target's own attention map is kept "
-                         "(RF-Solver-Edit)."}),
-                "start_step": ("INT", {"default": AUTO, "min": AUTO, "max": 10000, "tooltip": "First Edit Sampler "
-                               "step index that is injected (0-based, counted from the start of the schedule). -1: "
-                               "the paper's, scaled to the step count N: MasaCtrl round(4/50*N); RF-Solver-Edit 0."}),
+                         "(RF-Solver-Edit); query+key: the source's attention map on the target's own values, so "
+                         "the layout stays and colours may change (Plug-and-Play)."}),
+                "start_step": ("INT", {"default": AUTO, "min": AUTO, "max": 10000, "tooltip": "First step index "
+                               "that is injected (0-based; Edit Sampler: from the start of the schedule, FlowEdit: "
+                               "from its first edited step, N = n_max). -1: the paper's, scaled to the step count N: "
+                               "MasaCtrl round(4/50*N); RF-Solver-Edit and Plug-and-Play 0."}),
                 "end_step": ("INT", {"default": AUTO, "min": AUTO, "max": 10000, "tooltip": "Injection stops "
                              "before this step (exclusive: start_step <= step < end_step). -1: the paper's: MasaCtrl "
-                             "N (to the end); RF-Solver-Edit round(3/25*N), at least 1."}),
+                             "N (to the end); RF-Solver-Edit round(3/25*N), at least 1; Plug-and-Play round(N/2)."}),
                 "layers": (list(GROUPS), {"default": GROUPS[0], "tooltip": "Which attention layers: paper default "
                            "(see the node description); all (every U-Net self-attention / Flux double and single "
                            "block); later (U-Net decoder = output blocks / Flux single blocks); earlier (U-Net "

@@ -1,5 +1,5 @@
-"""Source attention injection (MasaCtrl key+value / RF-Solver-Edit value): full K/V injection equals KV-mix with an
-empty mask, value mode against a hand computation, the step range, the layers it acts on (both families, the
+"""Source attention injection (MasaCtrl key+value / RF-Solver-Edit value / Plug-and-Play query+key): full K/V injection
+equals KV-mix with an empty mask, value and query+key modes against a hand computation, the step range, the layers it acts on (both families, the
 papers' layer counts), pass pairing, the node through ComfyUI's executor, and clear errors."""
 import pytest
 import torch
@@ -7,7 +7,7 @@ from graphs import tiny_inputs
 from probes import EditProbe
 
 NODE = "AttentionEditSourceInjection"
-KV, V = "key+value (MasaCtrl)", "value (RF-Solver-Edit)"
+KV, V, QK = "key+value (MasaCtrl)", "value (RF-Solver-Edit)", "query+key (Plug-and-Play)"
 ALL = "all"
 LATER = "later: U-Net decoder / Flux single blocks"
 EARLIER = "earlier: U-Net encoder+middle / Flux double blocks"
@@ -63,6 +63,14 @@ def test_paper_layers_and_steps_on_the_real_layer_counts(si):
     assert si.inj.paper_steps("value", 25) == (0, 3)
     assert si.inj.paper_steps("value", 15) == (0, 2)
     assert si.inj.paper_steps("value", 5) == (0, 1)
+    # Plug-and-Play: the first half of the steps, SD1.5 decoder self-attention from the 2nd of 9 (output 4-11);
+    # Flux (our extension): every single block; SDXL: the same share of its decoder
+    assert si.inj.paper_steps("query+key", 50) == (0, 25)
+    assert si.inj.paper_steps("query+key", 15) == (0, 8)
+    assert si.inj.paper_steps("query+key", 1) == (0, 1)
+    assert si.inj.paper_layers(SD15, "query+key", "unet") == tuple(f"output.{n}.0" for n in range(4, 12))
+    assert si.inj.paper_layers(SDXL, "query+key", "unet") == SDXL[-36 + 4:]
+    assert si.inj.paper_layers(FLUX_DEV, "query+key", "dit") == FLUX_DEV[19:]
 
 
 # ----- planted calls ----------------------------------------------------------------------------------------------
@@ -105,6 +113,15 @@ def test_value_mode_on_a_planted_call_matches_a_hand_computation(si, kind):
     k_mixed = k0[1].clone()
     k_mixed[:, img] = k0[0][:, img]
     torch.testing.assert_close(out[1], plain_attention(q0[1], k_mixed, v_mixed), rtol=1e-5, atol=1e-6)
+    # query+key: the source's image queries and keys (its attention map) on the target's own values
+    call = planted(si, kind)
+    out = si.controller.run_chain((si.inj.SourceInjection("query+key", {"single.1"}, 0, 1),), call,
+                                  lambda c: c.attend())
+    q_mixed = q0[1].clone()
+    q_mixed[:, img] = q0[0][:, img]
+    torch.testing.assert_close(out[1], plain_attention(q_mixed, k_mixed, v0[1]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0], plain_attention(q0[0], k0[0], v0[0]), rtol=1e-5, atol=1e-6)
+    assert torch.equal(call.v, v0)  # no value is replaced
 
 
 def test_pass_pairing_and_gating_on_planted_calls(si):
@@ -195,23 +212,24 @@ def run_recorded(si, fixtures, model, steps, mode, start, end, layers, fraction=
 
 
 def check_injection(pre, post, acted, mode):
-    """Q never changes; outside `acted` nothing changes; inside, target image V (and K) are the paired source's."""
+    """Outside `acted` nothing changes; inside, the target's image Q, K, V are the paired source's where the mode
+    says (key+value: K, V; value: V; query+key: Q, K) and its own elsewhere; text tokens stay the target's."""
     assert len(pre) == len(post) > 0
+    taken = {"key+value": "kv", "value": "v", "query+key": "qk"}[mode]
     for (kind, layer, step, q0, k0, v0, roles, conds, img, *_), (_, _, _, q1, k1, v1, *_) in zip(pre, post):
-        assert torch.equal(q0, q1)
         if kind == "cross" or (step, layer) not in acted:
-            assert torch.equal(k0, k1) and torch.equal(v0, v1)
+            assert torch.equal(q0, q1) and torch.equal(k0, k1) and torch.equal(v0, v1)
             continue
         for r, (role, cond) in enumerate(zip(roles, conds)):
             if role != "target":
-                assert torch.equal(k1[r], k0[r]) and torch.equal(v1[r], v0[r])
+                assert torch.equal(q1[r], q0[r]) and torch.equal(k1[r], k0[r]) and torch.equal(v1[r], v0[r])
                 continue
             s = [i for i, (ro, c) in enumerate(zip(roles, conds)) if ro == "source" and c == cond][0]
-            assert torch.equal(v1[r, :, img], v0[s, :, img])
-            assert torch.equal(k1[r, :, img], (k0[s] if mode == "key+value" else k0[r])[:, img])
             text = torch.ones(v0.shape[2], dtype=torch.bool)
             text[img] = False
-            assert torch.equal(v1[r, :, text], v0[r, :, text]) and torch.equal(k1[r, :, text], k0[r, :, text])
+            for name, before, after in (("q", q0, q1), ("k", k0, k1), ("v", v0, v1)):
+                assert torch.equal(after[r, :, img], (before[s] if name in taken else before[r])[:, img])
+                assert torch.equal(after[r, :, text], before[r, :, text])
 
 
 @pytest.mark.parametrize("mode,steps,layers,fraction,expected_layers,expected_steps", [
@@ -219,6 +237,7 @@ def check_injection(pre, post, acted, mode):
     (V, 13, "paper default", 0.0, TINY_SD15[3:], range(0, 2)),       # decoder; 3/25*13 -> 2 steps
     (KV, 3, LATER, 0.5, TINY_SD15[5:], range(0, 3)),                 # 4 decoder layers from round(2.0); 4/50*3 -> 0
     (V, 3, EARLIER, 0.0, TINY_SD15[:3], range(0, 1)),
+    (QK, 5, "paper default", 0.0, TINY_SD15[3:], range(0, 3)),      # 4 decoder layers from round(4/9) = 0; 5/2 -> 3
 ])
 def test_unet_acts_on_exactly_the_documented_layers_and_steps(si, fixtures, mode, steps, layers, fraction,
                                                               expected_layers, expected_steps):
@@ -236,6 +255,7 @@ FLUX_10 = tuple(f"double.{i}" for i in range(4)) + tuple(f"single.{i}" for i in 
     (V, -1, -1, "paper default", 0.0, FLUX_10[7:], range(0, 1)),     # singles from round(20/38*6) = 3
     (V, 1, 3, ALL, 0.3, FLUX_10[3:], range(1, 3)),
     (KV, 0, 2, EARLIER, 0.0, FLUX_10[:4], range(0, 2)),
+    (QK, -1, -1, "paper default", 0.0, FLUX_10[4:], range(0, 2)),    # every single block; 3/2 -> 2
 ])
 def test_flux_acts_on_exactly_the_documented_layers_and_steps(si, fixtures, mode, start, end, layers, fraction,
                                                               expected_layers, expected_steps):

@@ -162,8 +162,10 @@ GUIDANCE_DISTILLED = ("_flux_dev", "_flux_kontext_dev", "_flux2_dev")  # FLUX.1-
 
 def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(built):
     """FlowEdit examples: Keep Outside Mask (from attention, or drawn) on the MODEL; FLUX.1-dev (and Kontext,
-    FLUX.2) at the paper's guidance 1.5 (source) / 5.5 (target) through FluxGuidance, no CFG. With Region Prompt:
-    on the drawn mask, its CONDITIONING as the target's, latent cells inside from 20% coverage."""
+    FLUX.2) at the paper's guidance 1.5 (source) / 5.5 (target) through FluxGuidance, no CFG. With Region Prompt
+    (every drawn-mask workflow): on the drawn mask, its CONDITIONING as the target's, latent cells inside from 20%
+    coverage. The recolour (flowedit_keep_mask) adds Plug-and-Play over FlowEdit's whole window and pastes from the
+    mask's edge; the others paste over a 2 px seam."""
     flowedit = {name: api for name, (api, _) in built.items() if name.startswith("flowedit")}
     assert len(flowedit) == 36  # 12 backbones: no mask, a drawn mask, a drawn mask with Region Prompt
     for name, api in flowedit.items():
@@ -175,7 +177,10 @@ def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(bu
         mask = api[keep["inputs"]["mask"][0]]["class_type"]
         assert mask == ("LoadImageMask" if "_mask_" in name else "AttentionEditMaskFromAttention"), name
         assert paste["inputs"]["mask"] == keep["inputs"]["mask"], name
-        if "region" in name:
+        recolour = name.startswith("flowedit_keep_mask_")
+        seam = (paste["inputs"]["grow"], paste["inputs"]["feather"])
+        assert seam == ((0, 1) if recolour else (2, 2)), name
+        if "_mask_" in name:
             region = source_of(api, keep["inputs"]["model"], "AttentionEditRegionPrompt")
             assert region["inputs"]["mask"] == keep["inputs"]["mask"] and keep["inputs"]["cell_threshold"] == 0.2
             target = edit["inputs"]["target_positive"]
@@ -185,6 +190,13 @@ def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(bu
                 target = source_of(api, target, "ReferenceLatent")["inputs"]["conditioning"]
             assert source_of(api, target, "AttentionEditRegionPrompt") is region and target[1] == 1, name
             assert not any(n["_meta"]["title"] == "target prompt" for n in api.values()), name  # nothing left over
+            injected = [n for n in api.values() if n["class_type"] == "AttentionEditSourceInjection"]
+            if recolour:
+                pnp = source_of(api, region["inputs"]["model"], "AttentionEditSourceInjection")
+                assert pnp["inputs"]["mode"] == "query+key (Plug-and-Play)" and pnp["inputs"]["start_step"] == 0
+                assert pnp["inputs"]["end_step"] == edit["inputs"]["n_max"] and injected == [pnp], name
+            else:
+                assert not injected, name
         if name.endswith(GUIDANCE_DISTILLED):
             assert edit["inputs"]["source_cfg"] == edit["inputs"]["target_cfg"] == 1.0
             assert source_of(api, edit["inputs"]["source_positive"], "FluxGuidance")["inputs"]["guidance"] == 1.5

@@ -376,13 +376,20 @@ PASTE = dict(grow=2, feather=2)  # Paste Source Outside Mask after the drawn-mas
 # inside from 20% coverage (soft edge cells fade an object drawn where there was none)
 REGION_PROMPT = dict(strength=10.0, self_strength=8.0, end_percent=1.0)
 REGION_PROMPT_CELL_THRESHOLD = 0.2
+# The recolour with a drawn mask adds Plug-and-Play (the source's self-attention map on the target: its layout) in
+# its paper's layers (U-Net decoder, Flux single blocks) over FlowEdit's whole window, and pastes the source back
+# from the mask's own edge (an object recoloured inside its silhouette, no bleed into a grown seam);
+# docs/region_prompt.md
+RECOLOUR_PASTE = dict(grow=0, feather=1)
 
 
-def region_prompt(g, ctx, model, mask):
+def region_prompt(g, ctx, model, mask, recolour=False):
     """Region Prompt: the words of what the mask should contain drawn inside it -> (MODEL, target CONDITIONING)."""
     if ctx["case"] is not None:
         from embedded.edit_cases import local_prompt, region_words
         prompt, words = local_prompt(ctx["case"]), region_words(ctx["case"])
+    elif recolour:
+        prompt, words = "a white cat sitting on a sofa", "white cat"
     else:
         prompt, words = "a small brown dog sitting on a sofa", "small brown dog"
     node = g.add("AttentionEditRegionPrompt", title="region prompt", model=model,
@@ -390,14 +397,16 @@ def region_prompt(g, ctx, model, mask):
     return node[0], node[1]
 
 
-def flowedit_workflow(backbone, name, drawn_mask, region=False):
-    """Load -> FlowEdit (MODEL with Keep Outside Mask) -> decode -> save. The kept region is outside the mask from
-    attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png); region:
-    with a drawn mask, Region Prompt puts what the mask should contain inside it (on the embedded models: a square
-    in place of the circle, REGION_CASE)."""
+def flowedit_workflow(backbone, name, drawn_mask, region=False, recolour=False):
+    """Load -> FlowEdit (MODEL with Keep Outside Mask) -> decode -> paste -> save. The kept region is outside the
+    mask from attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png);
+    region: with a drawn mask, Region Prompt puts what the mask should contain inside it (on the embedded models: a
+    square in place of the circle, REGION_CASE); recolour: Region Prompt with the new colour, the source's layout
+    through Plug-and-Play, the paste from the mask's edge (embedded: the red circle turned yellow, DEMO_CASE)."""
     g = Graph()
     embedded_model = backbone.startswith("embedded")
-    case_name = REGION_CASE if region else DEMO_CASE
+    region = region or recolour
+    case_name = REGION_CASE if region and not recolour else DEMO_CASE
     if embedded_model:
         model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, backbone.split("_")[1], case_name,
                                                                           with_target=not region)
@@ -409,8 +418,12 @@ def flowedit_workflow(backbone, name, drawn_mask, region=False):
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
                backbone=backbone, case=case_by_name(case_name) if embedded_model else None)
     mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
+    if recolour:
+        model = g.add("AttentionEditSourceInjection", title="plug-and-play: the source's layout", model=model,
+                      mode="query+key (Plug-and-Play)", start_step=0, end_step=settings["n_max"],
+                      layers="paper default", layer_fraction=0.0)[0]
     if region:
-        model, tgt = region_prompt(g, ctx, model, mask)
+        model, tgt = region_prompt(g, ctx, model, mask, recolour)
         tgt = reference(g, backbone, tgt, latent, "region prompt")
     model = keep_outside(g, model, mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD if region else 0.0)
     if backbone in GUIDANCE_DISTILLED:
@@ -423,7 +436,8 @@ def flowedit_workflow(backbone, name, drawn_mask, region=False):
     decoded = g.add("VAEDecode", samples=edit[0], vae=vae)
     # outside the mask, the source's own pixels (no VAE round trip): +2.4 (U-Net) / +7.3 (Flux) dB with the mask
     # from attention, 32.6 -> 59.8 (U-Net) / 58.5 (Flux) dB with a drawn mask (docs/preservation.md)
-    decoded = g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=image, mask=mask, **PASTE)
+    decoded = g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=image, mask=mask,
+                    **(RECOLOUR_PASTE if recolour else PASTE))
     g.add("SaveImage", images=decoded[0], filename_prefix=f"attention_edit/{name}_{backbone}")
     return g
 
@@ -434,8 +448,9 @@ def flowedit_edit(backbone):
 
 
 def flowedit_masked_edit(backbone):
-    """The recommended recolour with a drawn mask: FlowEdit, keeping the source outside the mask."""
-    return flowedit_workflow(backbone, "flowedit_keep_mask", drawn_mask=True)
+    """The recommended recolour with a drawn mask: FlowEdit keeping the source outside the mask, Region Prompt with
+    the new colour inside it, Plug-and-Play keeping the source's layout."""
+    return flowedit_workflow(backbone, "flowedit_keep_mask", drawn_mask=True, recolour=True)
 
 
 def flowedit_region_edit(backbone):
