@@ -114,6 +114,9 @@ def test_every_embedded_workflow_runs_through_comfy_api_simplified(install, serv
             if path.stem.startswith("flowedit_region_mask"):
                 workflow.set_node_param("region prompt", "prompt", "a green square on a black background")
                 workflow.set_node_param("region prompt", "words", "green square")
+            elif path.stem.startswith("flowedit_keep_mask"):  # the recolour: Region Prompt names the new colour
+                workflow.set_node_param("region prompt", "prompt", "a green circle on a black background")
+                workflow.set_node_param("region prompt", "words", "green circle")
             else:
                 workflow.set_node_param("target prompt", "text", "a green circle on a blue background")
             workflow.set_node_param("Save Image", "filename_prefix", f"api_simplified/{path.stem}")
