@@ -24,6 +24,7 @@ def si(pack):
         hooks = pack("attention.hooks")
         inversion = pack("latent_ops.inversion")
         edit = pack("latent_ops.edit")
+        flowedit = pack("latent_ops.flowedit")
         nodes = pack("nodes.source_injection")
     return SI
 
@@ -264,6 +265,28 @@ def test_flux_acts_on_exactly_the_documented_layers_and_steps(si, fixtures, mode
     pre, post, acted = run_recorded(si, fixtures, model, 3, mode, start, end, layers, fraction)
     assert acted == {(s, name) for s in expected_steps for name in expected_layers}
     check_injection(pre, post, acted, si.nodes.MODES[mode])
+
+
+@pytest.mark.parametrize("arch", ["sd15", "flux"])
+def test_plug_and_play_in_flowedit_acts_on_its_own_steps(si, fixtures, arch):
+    """In FlowEdit (the recolour workflows), query+key acts on FlowEdit's own steps (0..n_max-1 with the end at
+    n_max), gives the target the source's image Q and K and keeps its V, and changes the edit."""
+    model = fixtures.tiny_model("sd15") if arch == "sd15" else flux_10(fixtures)
+    pos, tgt, neg = (fixtures.tiny_conditioning(t) for t in ("a red cat", "a blue cat", ""))
+    (patched,) = si.nodes.SourceInjection().patch(model, QK, 0, 3, "paper default", 0.0)
+    ctl = si.controller.chain_of(patched)[-1]
+    pre, post, acted = [], [], []
+    m = si.hooks.with_controller(model, EditProbe(pre))
+    m = si.hooks.with_controller(m, Recorder(ctl, acted))
+    m = si.hooks.with_controller(m, EditProbe(post))
+    settings = dict(steps=5, n_max=3, source_cfg=1.0, target_cfg=2.0, seed=0)
+    injected, _ = si.flowedit.flow_edit(m, latent(), pos, tgt, neg, **settings)
+    layers = si.inj.paper_layers(si.inj.self_attention_layers(model), "query+key",
+                                 "unet" if arch == "sd15" else "dit")
+    assert {step for step, _ in acted} == {0, 1, 2} and {layer for _, layer in acted} == set(layers)
+    check_injection(pre, post, set(acted), "query+key")
+    plain, _ = si.flowedit.flow_edit(model, latent(), pos, tgt, neg, **settings)
+    assert not torch.allclose(injected["target"], plain["target"], atol=1e-4)
 
 
 def test_tiny_unet_layer_names(si, fixtures):
