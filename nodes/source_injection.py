@@ -26,7 +26,8 @@ class SourceInjection(ModelPatchNode):
         "20/38 of them on (FLUX.1-dev: 20-37) and, on U-Nets, in every decoder (output block) self-attention layer; "
         "Plug-and-Play acts on the first half of the steps (round(N/2)) in the U-Net decoder self-attention from 1/9 "
         "of it on (SD1.5: output blocks 4-11) and, our extension, in every Flux single block.")
-    OUTPUT_TOOLTIPS = ("The MODEL with source injection; connect it to the Edit Sampler (not to the Invert node).",)
+    OUTPUT_TOOLTIPS = ("The MODEL with source injection; connect it to the Edit Sampler or FlowEdit (not to the "
+                       "Invert node).",)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -72,6 +72,8 @@ def test_paper_layers_and_steps_on_the_real_layer_counts(si):
     assert si.inj.paper_layers(SD15, "query+key", "unet") == tuple(f"output.{n}.0" for n in range(4, 12))
     assert si.inj.paper_layers(SDXL, "query+key", "unet") == SDXL[-36 + 4:]
     assert si.inj.paper_layers(FLUX_DEV, "query+key", "dit") == FLUX_DEV[19:]
+    joint_only = tuple(f"double.{i}" for i in range(24))  # SD3.5 / Qwen-Image: no single blocks, the later half
+    assert si.inj.paper_layers(joint_only, "query+key", "dit") == joint_only[12:]
 
 
 # ----- planted calls ----------------------------------------------------------------------------------------------
