@@ -9,7 +9,7 @@ from graph import Graph
 from embedded.edit_cases import local_prompt, region_words
 
 CFG = {"unet": 4.0, "flux": 3.0}
-UNET_ONLY = {"unifyedit", "unifyedit_drift"}  # see workflows/build.py UNET_ONLY
+UNET_ONLY = {"unifyedit", "unifyedit_drift", "region_add_exact_mask_paste"}  # see workflows/build.py UNET_ONLY
 FLUX_ONLY = {"rf_solver_edit_v"}  # RF-Solver-Edit shares V in FLUX single blocks
 
 
@@ -258,13 +258,18 @@ def region_methods(cell_threshold=None, **settings):
     threshold = workflows.REGION_PROMPT_CELL_THRESHOLD if cell_threshold is None else cell_threshold
     both = _chain(_region(**settings), _keep(paste=True, cell_threshold=threshold))
     recolour = _chain(_plug_and_play, _region(**settings),
-                      _keep(paste=workflows.RECOLOUR_PASTE, cell_threshold=threshold))
+                      _keep(paste=workflows.EDGE_PASTE, cell_threshold=threshold))
     return {"region_keep_exact_mask_paste": lambda d, c, i, s: _graph(d, c, i, s, patch=both),
             "flowedit_region_keep_exact_mask_paste": _flowedit(both, **FLOWEDIT_MASKED),
             "flowedit_recolour_exact_mask_paste": _flowedit(recolour, **FLOWEDIT_MASKED)}
 
 
 METHODS.update(region_methods())
+# the region_add_mask workflows (U-Net): Region Prompt + cross-attention alignment to the mask + Keep Outside Mask
+# in the Edit Sampler, pasted from the mask's edge
+METHODS["region_add_exact_mask_paste"] = lambda d, c, i, s: _graph(d, c, i, s, patch=_chain(
+    _region(), lambda g, ctx: workflows.add_alignment(g, ctx, ctx["model"], ctx["mask"]),
+    _keep(paste=workflows.EDGE_PASTE, cell_threshold=workflows.REGION_PROMPT_CELL_THRESHOLD)))
 
 
 def supports(method, denoiser):

@@ -203,6 +203,30 @@ def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(bu
             assert source_of(api, edit["inputs"]["target_positive"], "FluxGuidance")["inputs"]["guidance"] == 5.5
 
 
+def test_region_add_workflows_align_the_new_object_to_the_drawn_mask(built):
+    """Adding an object on U-Nets: Region Prompt -> cross-attention alignment of its words to the same mask
+    (SAPreserveOptimizer without self-attention preservation) -> Keep Outside Mask (cells from 20%) -> Edit
+    Sampler, the Region Prompt's CONDITIONING as the target's, then the source pasted back from the mask's edge."""
+    add = {name: api for name, (api, _) in built.items() if name.startswith("region_add_mask")}
+    assert set(add) == {f"region_add_mask_{b}" for b in ("embedded_unet", "sd15", "sdxl")}  # refused on MMDiT
+    for name, api in add.items():
+        [edit] = [n for n in api.values() if n["class_type"] == "AttentionEditSampler"]
+        keep = source_of(api, edit["inputs"]["model"], "AttentionEditKeepOutsideMask")
+        align = source_of(api, keep["inputs"]["model"], "AttentionEditSAPreserveOptimizer")
+        region = source_of(api, align["inputs"]["model"], "AttentionEditRegionPrompt")
+        mask = keep["inputs"]["mask"]
+        assert api[mask[0]]["class_type"] == "LoadImageMask" and keep["inputs"]["cell_threshold"] == 0.2
+        assert region["inputs"]["mask"] == align["inputs"]["mask"] == mask, name
+        assert (align["inputs"]["beta1"], align["inputs"]["beta2"]) == (0.0, 2.0), name
+        assert align["inputs"]["edit_tokens"] == region["inputs"]["words"], name
+        assert align["inputs"]["target_prompt"] == region["inputs"]["prompt"], name
+        target = edit["inputs"]["target_positive"]
+        assert source_of(api, target, "AttentionEditRegionPrompt") is region and target[1] == 1, name
+        [save] = [n for n in api.values() if n["class_type"] == "SaveImage"]
+        paste = source_of(api, save["inputs"]["images"], "AttentionEditPasteOutsideMask")
+        assert paste["inputs"]["mask"] == mask and (paste["inputs"]["grow"], paste["inputs"]["feather"]) == (0, 1)
+
+
 def test_flux_dev_workflows_invert_at_guidance_1_and_edit_at_2_without_cfg(built):
     """FLUX.1-dev (Kontext, FLUX.2) is guidance-distilled: FluxGuidance 1 on the inversion's (and the aux branch's)
     conditioning, 2 on the target's (ProEdit, RF-Solver-Edit), cfg 1."""

@@ -15,11 +15,12 @@ from graph import Graph  # noqa: E402
 
 DEMO_CASE = "colour_red_to_yellow"  # the embedded workflows' edit (embedded/edit_cases.py)
 REGION_CASE = "shape_circle_to_square"  # the embedded Region Prompt workflows' edit: new content in the mask
+ADD_CASE = "layout_addition_3_top_edge"  # the embedded U-Net addition workflow's edit: a triangle where the mask is
 
 
 def case_by_name(name):
-    from embedded.edit_cases import CASES
-    return next(c for c in CASES if c.name == name)
+    from embedded.edit_suite import benchmark_cases
+    return next(c for c in benchmark_cases() if c.name == name)
 
 
 def input_image_name(case_name):
@@ -134,9 +135,10 @@ def reference(g, family, cond, latent, what):
 
 
 def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, flow, aux=None, cache_kv=False,
-                       capture_steps="", after_invert=None, after_edit=None, sampler=None):
+                       capture_steps="", after_invert=None, after_edit=None, sampler=None, before_save=None):
     """Invert -> Edit Sampler -> decode -> save; with `sampler` (a SAMPLER name), the Edit Guider and
-    SamplerCustomAdvanced with that stock sampler instead of the Edit Sampler."""
+    SamplerCustomAdvanced with that stock sampler instead of the Edit Sampler; before_save(g, image link) -> the
+    image link to save (e.g. the source pasted back)."""
     inv = g.add("AttentionEditInvert", model=model, latent=latent, positive=src, steps=steps,
                                   scheduler="simple", solver="auto", cfg=1.0, capture_steps=capture_steps,
                                   cache_kv=cache_kv, cache_dtype="auto", cache_device="cpu")
@@ -151,8 +153,10 @@ def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, f
         guider = g.add("AttentionEditGuider", **inputs)
         edit = g.add("SamplerCustomAdvanced", noise=g.add("DisableNoise")[0], guider=guider[0],
                      sampler=g.add("KSamplerSelect", sampler_name=sampler)[0], sigmas=guider[1], latent_image=latent)
-    image = g.add("VAEDecode", samples=edit[0], vae=vae)
-    g.add("SaveImage", images=image[0], filename_prefix=f"attention_edit/{name}")
+    image = g.add("VAEDecode", samples=edit[0], vae=vae)[0]
+    if before_save is not None:
+        image = before_save(g, image)
+    g.add("SaveImage", images=image, filename_prefix=f"attention_edit/{name}")
     if after_edit is not None:
         after_edit(g, edit)
     return inv, edit
@@ -377,21 +381,26 @@ PASTE = dict(grow=2, feather=2)  # Paste Source Outside Mask after the drawn-mas
 REGION_PROMPT = dict(strength=10.0, self_strength=8.0, end_percent=1.0)
 REGION_PROMPT_CELL_THRESHOLD = 0.2
 # The recolour with a drawn mask adds Plug-and-Play (the source's self-attention map on the target: its layout) in
-# its paper's layers (U-Net decoder, Flux single blocks) over FlowEdit's whole window, and pastes the source back
-# from the mask's own edge (an object recoloured inside its silhouette, no bleed into a grown seam);
+# its paper's layers (U-Net decoder, Flux single blocks) over FlowEdit's whole window. The recolour and the
+# addition paste the source back from the mask's own edge (the object stays inside its silhouette, no bleed into a
+# grown seam; removals and new backgrounds keep PASTE's seam, where the old object's soft edge must go too);
 # docs/region_prompt.md
-RECOLOUR_PASTE = dict(grow=0, feather=1)
+EDGE_PASTE = dict(grow=0, feather=1)
+
+
+def region_text(ctx, recolour=False):
+    """(prompt, words) of what the mask should contain: the embedded case's, else the real examples'."""
+    if ctx["case"] is not None:
+        from embedded.edit_cases import local_prompt, region_words
+        return local_prompt(ctx["case"]), region_words(ctx["case"])
+    if recolour:
+        return "a white cat sitting on a sofa", "white cat"
+    return "a small brown dog sitting on a sofa", "small brown dog"
 
 
 def region_prompt(g, ctx, model, mask, recolour=False):
     """Region Prompt: the words of what the mask should contain drawn inside it -> (MODEL, target CONDITIONING)."""
-    if ctx["case"] is not None:
-        from embedded.edit_cases import local_prompt, region_words
-        prompt, words = local_prompt(ctx["case"]), region_words(ctx["case"])
-    elif recolour:
-        prompt, words = "a white cat sitting on a sofa", "white cat"
-    else:
-        prompt, words = "a small brown dog sitting on a sofa", "small brown dog"
+    prompt, words = region_text(ctx, recolour)
     node = g.add("AttentionEditRegionPrompt", title="region prompt", model=model,
                  clip=ctx["clip"], mask=mask, prompt=prompt, words=words, **REGION_PROMPT)
     return node[0], node[1]
@@ -437,7 +446,7 @@ def flowedit_workflow(backbone, name, drawn_mask, region=False, recolour=False):
     # outside the mask, the source's own pixels (no VAE round trip): +2.4 (U-Net) / +7.3 (Flux) dB with the mask
     # from attention, 32.6 -> 59.8 (U-Net) / 58.5 (Flux) dB with a drawn mask (docs/preservation.md)
     decoded = g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=image, mask=mask,
-                    **(RECOLOUR_PASTE if recolour else PASTE))
+                    **(EDGE_PASTE if recolour else PASTE))
     g.add("SaveImage", images=decoded[0], filename_prefix=f"attention_edit/{name}_{backbone}")
     return g
 
@@ -458,6 +467,44 @@ def flowedit_region_edit(backbone):
     return flowedit_workflow(backbone, "flowedit_region_mask", drawn_mask=True, region=True)
 
 
+# Adding an object where a drawn mask says, on U-Nets (docs/region_prompt.md): Region Prompt, UnifyEdit's
+# cross-attention alignment alone on the mask (beta1 0: no self-attention preservation, the object is new), Keep
+# Outside Mask (cells from 20%), the Edit Sampler, and the paste from the mask's edge
+ADD_ALIGNMENT = dict(gradient_mode="balanced", beta1=0.0, beta2=2.0, k1=8.0, k2=8.0, iterations=5, step_size=2.5,
+                     active_steps=10, attention_precision="float32", sap_region="full", layer_names="")
+
+
+def add_alignment(g, ctx, model, mask):
+    """SAPreserveOptimizer as cross-attention alignment of the Region Prompt's words to the mask."""
+    prompt, words = region_text(ctx)
+    scale = "1/2" if ctx["case"] is not None else "1/4"  # the embedded U-Net's coarsest attention grid is 1/2
+    return g.add("AttentionEditSAPreserveOptimizer", title="align the new object to the mask", model=model,
+                 edit_tokens=words, sa_layers=scale, ca_layers=scale, mask=mask, clip=ctx["clip"],
+                 target_prompt=prompt, **ADD_ALIGNMENT)[0]
+
+
+def region_add_edit(backbone):
+    """The recommended addition with a drawn mask on U-Nets: Region Prompt + cross-attention alignment + Keep
+    Outside Mask -> Invert -> Edit Sampler -> decode -> the source pasted back from the mask's edge."""
+    g = Graph()
+    embedded_model = backbone.startswith("embedded")
+    if embedded_model:
+        model, clip, vae, image, latent, src, _, neg = embedded_loaders(g, "unet", ADD_CASE, with_target=False)
+        steps, cfg = 15, 4.0
+    else:
+        model, clip, vae, image, latent, src, _, neg = real_loaders(g, backbone, with_target=False)
+        steps, cfg = 50, 7.5
+    ctx = dict(clip=clip, case=case_by_name(ADD_CASE) if embedded_model else None)
+    mask = source_mask(g, ctx)
+    model, tgt = region_prompt(g, ctx, model, mask)
+    model = keep_outside(g, add_alignment(g, ctx, model, mask), mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD)
+    paste = lambda g, decoded: g.add("AttentionEditPasteOutsideMask", image=decoded, source=image, mask=mask,
+                                     **EDGE_PASTE)[0]
+    invert_edit_decode(g, model, vae, latent, src, tgt, neg, f"region_add_mask_{backbone}", steps, cfg, False,
+                       before_save=paste)
+    return g
+
+
 BACKBONES = {"embedded_unet": "embedded_unet", "embedded_flux": "embedded_flux", "sd15": "sd15", "sdxl": "sdxl",
              "flux_dev": "flux", "flux_kontext_dev": "flux_kontext", "flux2_dev": "flux2", "chroma": "chroma",
              **{family: family for family in FAMILIES}}
@@ -465,8 +512,10 @@ TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cp
               "proedit": proedit_edit, "unifyedit": unifyedit_edit, "region_mask_proedit": region_proedit_edit,
               "source_injection": source_injection_edit, "flowedit_keep": flowedit_edit,
               "edit_guider_proedit": guider_edit,
-              "flowedit_keep_mask": flowedit_masked_edit, "flowedit_region_mask": flowedit_region_edit}
-UNET_ONLY = {"unifyedit"}  # refused on MMDiT models (Flux: residuals updated in place block latent gradients)
+              "flowedit_keep_mask": flowedit_masked_edit, "flowedit_region_mask": flowedit_region_edit,
+              "region_add_mask": region_add_edit}
+UNET_ONLY = {"unifyedit", "region_add_mask"}  # refused on MMDiT models (Flux: residuals updated in place block
+# latent gradients)
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
              if not (t in UNET_ONLY and backbone in MMDIT)}
@@ -493,7 +542,7 @@ def write_input_images():
     from embedded.dataset import render_scene
     for old in (HERE / "inputs").glob("attention_edit_*.png"):
         old.unlink()
-    for name in (DEMO_CASE, REGION_CASE):
+    for name in (DEMO_CASE, REGION_CASE, ADD_CASE):
         case = case_by_name(name)
         image, _ = render_scene(case.source, 64)
         Image.fromarray((image * 255).round().astype(np.uint8)).save(HERE / "inputs" / input_image_name(name))
