@@ -9,7 +9,7 @@ from graph import Graph
 from embedded.edit_cases import local_prompt, region_words
 
 CFG = {"unet": 4.0, "flux": 3.0}
-UNET_ONLY = {"unifyedit", "unifyedit_drift", "region_add_exact_mask_paste"}  # see workflows/build.py UNET_ONLY
+UNET_ONLY = {"unifyedit", "unifyedit_drift"}  # see workflows/build.py UNET_ONLY
 FLUX_ONLY = {"rf_solver_edit_v"}  # RF-Solver-Edit shares V in FLUX single blocks
 
 
@@ -265,10 +265,19 @@ def region_methods(cell_threshold=None, **settings):
 
 
 METHODS.update(region_methods())
-# the region_add_mask workflows (U-Net): Region Prompt + cross-attention alignment to the mask + Keep Outside Mask
-# in the Edit Sampler, pasted from the mask's edge
+
+
+def _add_alignment(g, ctx):
+    """The region_add_mask workflows' cross-attention alignment to the mask (U-Net; MMDiT: none)."""
+    if ctx["backbone"] == "embedded_flux":
+        return ctx["model"]
+    return workflows.add_alignment(g, ctx, ctx["model"], ctx["mask"])
+
+
+# the region_add_mask workflows: Region Prompt (+ on the U-Net cross-attention alignment to the mask) + Keep Outside
+# Mask in the Edit Sampler, pasted from the mask's edge
 METHODS["region_add_exact_mask_paste"] = lambda d, c, i, s: _graph(d, c, i, s, patch=_chain(
-    _region(), lambda g, ctx: workflows.add_alignment(g, ctx, ctx["model"], ctx["mask"]),
+    _region(), _add_alignment,
     _keep(paste=workflows.EDGE_PASTE, cell_threshold=workflows.REGION_PROMPT_CELL_THRESHOLD)))
 
 

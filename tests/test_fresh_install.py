@@ -111,7 +111,7 @@ def test_every_embedded_workflow_runs_through_comfy_api_simplified(install, serv
     with ThreadPoolExecutor(1) as pool:
         for path in embedded_workflows(install[1]):
             workflow = ComfyWorkflowWrapper(str(path))
-            if path.stem.startswith("flowedit_region_mask"):
+            if path.stem.startswith(("flowedit_region_mask", "region_add_mask")):
                 workflow.set_node_param("region prompt", "prompt", "a green square on a black background")
                 workflow.set_node_param("region prompt", "words", "green square")
             elif path.stem.startswith("flowedit_keep_mask"):  # the recolour: Region Prompt names the new colour

@@ -15,7 +15,7 @@ from graph import Graph  # noqa: E402
 
 DEMO_CASE = "colour_red_to_yellow"  # the embedded workflows' edit (embedded/edit_cases.py)
 REGION_CASE = "shape_circle_to_square"  # the embedded Region Prompt workflows' edit: new content in the mask
-ADD_CASE = "layout_addition_3_top_edge"  # the embedded U-Net addition workflow's edit: a triangle where the mask is
+ADD_CASE = "layout_addition_3_top_edge"  # the embedded addition workflows' edit: a triangle where the mask is
 
 
 def case_by_name(name):
@@ -162,6 +162,14 @@ def invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, f
     return inv, edit
 
 
+def real_sampling(backbone):
+    """(steps, cfg) of the inversion-based edit on a real model: FLUX.1-dev, Kontext, FLUX.2 guidance-distilled
+    (no CFG); Chroma CFG as its template (4); the joint-attention families their templates'; U-Nets 50 at 7.5."""
+    if backbone in FAMILIES:
+        return FAMILIES[backbone]["steps"], FAMILIES[backbone]["cfg"]
+    return (15, 1.0) if backbone in GUIDANCE_DISTILLED else (26, 4.0) if backbone == "chroma" else (50, 7.5)
+
+
 def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sampler=None):
     """Load -> (patch the MODEL) -> Invert -> Edit Sampler -> decode -> save, on the embedded or a real model.
 
@@ -175,10 +183,7 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sam
         steps, cfg = 20, (4.0 if denoiser == "unet" else 3.0)
     else:
         model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
-        # FLUX.1-dev, Kontext, FLUX.2: guidance-distilled, no CFG; Chroma: CFG as its template (4)
-        steps, cfg = (15, 1.0) if backbone in GUIDANCE_DISTILLED else (26, 4.0) if backbone == "chroma" else (50, 7.5)
-        if backbone in FAMILIES:
-            steps, cfg = FAMILIES[backbone]["steps"], FAMILIES[backbone]["cfg"]
+        steps, cfg = real_sampling(backbone)
         if backbone in GUIDANCE_DISTILLED:
             src, tgt, neg = flux_guidance(g, src, tgt, neg)
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
@@ -484,24 +489,30 @@ def add_alignment(g, ctx, model, mask):
 
 
 def region_add_edit(backbone):
-    """The recommended addition with a drawn mask on U-Nets: Region Prompt + cross-attention alignment + Keep
+    """The recommended addition with a drawn mask: Region Prompt (+ on U-Nets cross-attention alignment) + Keep
     Outside Mask -> Invert -> Edit Sampler -> decode -> the source pasted back from the mask's edge."""
     g = Graph()
     embedded_model = backbone.startswith("embedded")
     if embedded_model:
-        model, clip, vae, image, latent, src, _, neg = embedded_loaders(g, "unet", ADD_CASE, with_target=False)
-        steps, cfg = 15, 4.0
+        denoiser = backbone.split("_")[1]
+        model, clip, vae, image, latent, src, _, neg = embedded_loaders(g, denoiser, ADD_CASE, with_target=False)
+        steps, cfg = 15, (4.0 if denoiser == "unet" else 3.0)
     else:
         model, clip, vae, image, latent, src, _, neg = real_loaders(g, backbone, with_target=False)
-        steps, cfg = 50, 7.5
+        steps, cfg = real_sampling(backbone)
     ctx = dict(clip=clip, case=case_by_name(ADD_CASE) if embedded_model else None)
     mask = source_mask(g, ctx)
     model, tgt = region_prompt(g, ctx, model, mask)
-    model = keep_outside(g, add_alignment(g, ctx, model, mask), mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD)
+    tgt = reference(g, backbone, tgt, latent, "region prompt")
+    if backbone in GUIDANCE_DISTILLED:
+        src, tgt, neg = flux_guidance(g, src, tgt, neg)
+    if backbone not in MMDIT:  # SAPreserveOptimizer is U-Net only (UNET_ONLY)
+        model = add_alignment(g, ctx, model, mask)
+    model = keep_outside(g, model, mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD)
     paste = lambda g, decoded: g.add("AttentionEditPasteOutsideMask", image=decoded, source=image, mask=mask,
                                      **EDGE_PASTE)[0]
-    invert_edit_decode(g, model, vae, latent, src, tgt, neg, f"region_add_mask_{backbone}", steps, cfg, False,
-                       before_save=paste)
+    invert_edit_decode(g, model, vae, latent, src, tgt, neg, f"region_add_mask_{backbone}", steps, cfg,
+                       backbone in MMDIT, before_save=paste)
     return g
 
 
@@ -514,8 +525,7 @@ TECHNIQUES = {"invert_edit": base_edit, "uniform_attention_blend": uam_edit, "cp
               "edit_guider_proedit": guider_edit,
               "flowedit_keep_mask": flowedit_masked_edit, "flowedit_region_mask": flowedit_region_edit,
               "region_add_mask": region_add_edit}
-UNET_ONLY = {"unifyedit", "region_add_mask"}  # refused on MMDiT models (Flux: residuals updated in place block
-# latent gradients)
+UNET_ONLY = {"unifyedit"}  # refused on MMDiT models (Flux: residuals updated in place block latent gradients)
 WORKFLOWS = {f"{t}_{b}": (lambda make=make, backbone=backbone: make(backbone))
              for t, make in TECHNIQUES.items() for b, backbone in BACKBONES.items()
              if not (t in UNET_ONLY and backbone in MMDIT)}
