@@ -268,17 +268,19 @@ METHODS.update(region_methods())
 
 
 def _add_alignment(g, ctx):
-    """The region_add_mask workflows' cross-attention alignment to the mask (U-Net; MMDiT: none)."""
-    if ctx["backbone"] == "embedded_flux":
-        return ctx["model"]
     return workflows.add_alignment(g, ctx, ctx["model"], ctx["mask"])
 
 
-# the region_add_mask workflows: Region Prompt (+ on the U-Net cross-attention alignment to the mask) + Keep Outside
-# Mask in the Edit Sampler, pasted from the mask's edge
-METHODS["region_add_exact_mask_paste"] = lambda d, c, i, s: _graph(d, c, i, s, patch=_chain(
-    _region(), _add_alignment,
-    _keep(paste=workflows.EDGE_PASTE, cell_threshold=workflows.REGION_PROMPT_CELL_THRESHOLD)))
+def _region_add():
+    """The region_add_mask workflows, pasted from the mask's edge: on the U-Net Region Prompt + cross-attention
+    alignment to the mask + Keep Outside Mask in the Edit Sampler; on Flux the Region Prompt FlowEdit."""
+    keep = _keep(paste=workflows.EDGE_PASTE, cell_threshold=workflows.REGION_PROMPT_CELL_THRESHOLD)
+    unet = lambda d, c, i, s: _graph(d, c, i, s, patch=_chain(_region(), _add_alignment, keep))
+    flux = _flowedit(_chain(_region(), keep), **FLOWEDIT_MASKED)
+    return lambda d, c, i, s: (unet if d == "unet" else flux)(d, c, i, s)
+
+
+METHODS["region_add_exact_mask_paste"] = _region_add()
 
 
 def supports(method, denoiser):

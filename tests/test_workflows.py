@@ -204,18 +204,20 @@ def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(bu
 
 
 def test_region_add_workflows_draw_the_new_object_inside_the_drawn_mask(built):
-    """Adding an object: Region Prompt -> (U-Nets: cross-attention alignment of its words to the same mask,
-    SAPreserveOptimizer without self-attention preservation) -> Keep Outside Mask (cells from 20%) -> Edit Sampler,
-    the Region Prompt's CONDITIONING as the target's (FluxGuidance on the distilled families, the reference latent
-    on Kontext), then the source pasted back from the mask's edge."""
+    """Adding an object. U-Nets: Region Prompt -> cross-attention alignment of its words to the same mask
+    (SAPreserveOptimizer without self-attention preservation) -> Keep Outside Mask (cells from 20%) -> Edit
+    Sampler. MMDiT: Region Prompt -> Keep Outside Mask -> FlowEdit (FluxGuidance on the distilled families, the
+    reference latent on Kontext). The Region Prompt's CONDITIONING is the target's; the source is pasted back from
+    the mask's edge."""
     add = {name: api for name, (api, _) in built.items() if name.startswith("region_add_mask")}
     assert len(add) == 12
     for name, api in add.items():
-        [edit] = [n for n in api.values() if n["class_type"] == "AttentionEditSampler"]
+        unet = name.endswith(("_embedded_unet", "_sd15", "_sdxl"))
+        [edit] = [n for n in api.values()
+                  if n["class_type"] == ("AttentionEditSampler" if unet else "AttentionEditFlowEdit")]
         keep = source_of(api, edit["inputs"]["model"], "AttentionEditKeepOutsideMask")
         mask = keep["inputs"]["mask"]
         assert api[mask[0]]["class_type"] == "LoadImageMask" and keep["inputs"]["cell_threshold"] == 0.2
-        unet = name.endswith(("_embedded_unet", "_sd15", "_sdxl"))
         if unet:
             align = source_of(api, keep["inputs"]["model"], "AttentionEditSAPreserveOptimizer")
             region = source_of(api, align["inputs"]["model"], "AttentionEditRegionPrompt")
@@ -224,6 +226,7 @@ def test_region_add_workflows_draw_the_new_object_inside_the_drawn_mask(built):
             assert align["inputs"]["target_prompt"] == region["inputs"]["prompt"], name
         else:  # SAPreserveOptimizer is U-Net only
             region = source_of(api, keep["inputs"]["model"], "AttentionEditRegionPrompt")
+            assert not any(n["class_type"] == "AttentionEditSAPreserveOptimizer" for n in api.values()), name
         assert region["inputs"]["mask"] == mask, name
         target = edit["inputs"]["target_positive"]
         if name.endswith(GUIDANCE_DISTILLED):
@@ -239,9 +242,9 @@ def test_region_add_workflows_draw_the_new_object_inside_the_drawn_mask(built):
 def test_flux_dev_workflows_invert_at_guidance_1_and_edit_at_2_without_cfg(built):
     """FLUX.1-dev (Kontext, FLUX.2) is guidance-distilled: FluxGuidance 1 on the inversion's (and the aux branch's)
     conditioning, 2 on the target's (ProEdit, RF-Solver-Edit), cfg 1."""
-    flux = {name: api for name, (api, _) in built.items()
-            if name.endswith(GUIDANCE_DISTILLED) and "flowedit" not in name}
-    assert len(flux) == 24
+    flux = {name: api for name, (api, _) in built.items() if name.endswith(GUIDANCE_DISTILLED)
+            and not any(n["class_type"] == "AttentionEditFlowEdit" for n in api.values())}
+    assert len(flux) == 21
     for name, api in flux.items():
         [invert] = [n for n in api.values() if n["class_type"] == "AttentionEditInvert"]
         [edit] = [n for n in api.values() if n["class_type"] in ("AttentionEditSampler", "AttentionEditGuider")]

@@ -411,16 +411,18 @@ def region_prompt(g, ctx, model, mask, recolour=False):
     return node[0], node[1]
 
 
-def flowedit_workflow(backbone, name, drawn_mask, region=False, recolour=False):
+def flowedit_workflow(backbone, name, drawn_mask, region=False, recolour=False, case_name=None, paste=None):
     """Load -> FlowEdit (MODEL with Keep Outside Mask) -> decode -> paste -> save. The kept region is outside the
     mask from attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png);
     region: with a drawn mask, Region Prompt puts what the mask should contain inside it (on the embedded models: a
     square in place of the circle, REGION_CASE); recolour: Region Prompt with the new colour, the source's layout
-    through Plug-and-Play, the paste from the mask's edge (embedded: the red circle turned yellow, DEMO_CASE)."""
+    through Plug-and-Play, the paste from the mask's edge (embedded: the red circle turned yellow, DEMO_CASE);
+    case_name / paste: another embedded case / Paste Source Outside Mask's grow and feather."""
     g = Graph()
     embedded_model = backbone.startswith("embedded")
     region = region or recolour
-    case_name = REGION_CASE if region and not recolour else DEMO_CASE
+    case_name = case_name or (REGION_CASE if region and not recolour else DEMO_CASE)
+    paste = paste or (EDGE_PASTE if recolour else PASTE)
     if embedded_model:
         model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, backbone.split("_")[1], case_name,
                                                                           with_target=not region)
@@ -450,8 +452,7 @@ def flowedit_workflow(backbone, name, drawn_mask, region=False, recolour=False):
     decoded = g.add("VAEDecode", samples=edit[0], vae=vae)
     # outside the mask, the source's own pixels (no VAE round trip): +2.4 (U-Net) / +7.3 (Flux) dB with the mask
     # from attention, 32.6 -> 59.8 (U-Net) / 58.5 (Flux) dB with a drawn mask (docs/preservation.md)
-    decoded = g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=image, mask=mask,
-                    **(EDGE_PASTE if recolour else PASTE))
+    decoded = g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=image, mask=mask, **paste)
     g.add("SaveImage", images=decoded[0], filename_prefix=f"attention_edit/{name}_{backbone}")
     return g
 
@@ -489,30 +490,27 @@ def add_alignment(g, ctx, model, mask):
 
 
 def region_add_edit(backbone):
-    """The recommended addition with a drawn mask: Region Prompt (+ on U-Nets cross-attention alignment) + Keep
-    Outside Mask -> Invert -> Edit Sampler -> decode -> the source pasted back from the mask's edge."""
+    """The recommended addition with a drawn mask. U-Nets: Region Prompt + cross-attention alignment + Keep Outside
+    Mask -> Invert -> Edit Sampler -> decode; MMDiT (SAPreserveOptimizer is U-Net only): the Region Prompt FlowEdit.
+    Both paste the source back from the mask's edge."""
+    name = f"region_add_mask_{backbone}"
+    if backbone in MMDIT:
+        return flowedit_workflow(backbone, "region_add_mask", drawn_mask=True, region=True, case_name=ADD_CASE,
+                                 paste=EDGE_PASTE)
     g = Graph()
-    embedded_model = backbone.startswith("embedded")
-    if embedded_model:
-        denoiser = backbone.split("_")[1]
-        model, clip, vae, image, latent, src, _, neg = embedded_loaders(g, denoiser, ADD_CASE, with_target=False)
-        steps, cfg = 15, (4.0 if denoiser == "unet" else 3.0)
+    if backbone.startswith("embedded"):
+        model, clip, vae, image, latent, src, _, neg = embedded_loaders(g, "unet", ADD_CASE, with_target=False)
+        steps, cfg = 15, 4.0
     else:
         model, clip, vae, image, latent, src, _, neg = real_loaders(g, backbone, with_target=False)
         steps, cfg = real_sampling(backbone)
-    ctx = dict(clip=clip, case=case_by_name(ADD_CASE) if embedded_model else None)
+    ctx = dict(clip=clip, case=case_by_name(ADD_CASE) if backbone.startswith("embedded") else None)
     mask = source_mask(g, ctx)
     model, tgt = region_prompt(g, ctx, model, mask)
-    tgt = reference(g, backbone, tgt, latent, "region prompt")
-    if backbone in GUIDANCE_DISTILLED:
-        src, tgt, neg = flux_guidance(g, src, tgt, neg)
-    if backbone not in MMDIT:  # SAPreserveOptimizer is U-Net only (UNET_ONLY)
-        model = add_alignment(g, ctx, model, mask)
-    model = keep_outside(g, model, mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD)
+    model = keep_outside(g, add_alignment(g, ctx, model, mask), mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD)
     paste = lambda g, decoded: g.add("AttentionEditPasteOutsideMask", image=decoded, source=image, mask=mask,
                                      **EDGE_PASTE)[0]
-    invert_edit_decode(g, model, vae, latent, src, tgt, neg, f"region_add_mask_{backbone}", steps, cfg,
-                       backbone in MMDIT, before_save=paste)
+    invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, False, before_save=paste)
     return g
 
 
