@@ -469,7 +469,7 @@ def flowedit_masked_edit(backbone):
 
 
 def flowedit_region_edit(backbone):
-    """The recommended edit with a drawn mask (add, replace, remove): FlowEdit with Region Prompt."""
+    """The recommended edit with a drawn mask (replace, remove, a new background): FlowEdit with Region Prompt."""
     return flowedit_workflow(backbone, "flowedit_region_mask", drawn_mask=True, region=True)
 
 
