@@ -171,8 +171,8 @@ class AttnCall:
         return tokens_on(mask, self.grid, self.q.device, dtype or self.q.dtype,
                          self.run.store if self.run is not None else None)
 
-    def set_kv(self, k=None, v=None, q=None):
-        """Replace keys and/or values (and queries) (whole batch) before attention is computed."""
+    def set_qkv(self, *, q=None, k=None, v=None):
+        """Replace queries, keys and/or values (whole batch) before attention is computed."""
         if q is not None:
             self.q = q
         if k is not None:

@@ -1,7 +1,7 @@
 """Controllers: small immutable objects that take part in every attention call, composed as an ordered chain.
 
 A MODEL carries its chain in model_options["transformer_options"][CHAIN_KEY]. For every call, each controller
-that wants it gets `before(call)` in chain order (may replace K/V via call.set_kv), then attention is computed
+that wants it gets `before(call)` in chain order (may replace Q/K/V via call.set_qkv), then attention is computed
 once, then each gets `after(call, out)` in chain order (may read call.probs(), store tensors in call.run.store,
 or return a new output for some rows).
 """

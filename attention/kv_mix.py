@@ -132,7 +132,7 @@ class KVMix(Controller):
             idx = call.index(rows)
             k[idx, :, img] = mix_kv(call.k[idx][:, :, img], k_src, w[:, None])
             v[idx, :, img] = mix_kv(call.v[idx][:, :, img], v_src, w[:, None])
-        call.set_kv(k, v)
+        call.set_qkv(k=k, v=v)
 
 
 def cache_readers(chain):

@@ -153,7 +153,7 @@ class SourceInjection(Controller):
             for new, old in ((q, call.q), (k, call.k), (v, call.v)):
                 if new is not None:
                     new[t, :, img] = old[s][:, :, img]
-        call.set_kv(k, v, q=q)
+        call.set_qkv(q=q, k=k, v=v)
 
     def __repr__(self):
         return f"SourceInjection({self.mode}, steps {self.start}..{self.end}, {len(self.layers)} layers)"

@@ -134,7 +134,7 @@ def test_replaced_kv_path_matches_plain_attention(core, fixtures, kind):
     """Replacing K/V by themselves takes the explicit path, which must equal ComfyUI's own attention."""
     class SameKV(core.controller.Controller):
         def before(self, call):
-            call.set_kv(call.k.clone(), call.v.clone())
+            call.set_qkv(k=call.k.clone(), v=call.v.clone())
     model = fixtures.tiny_model(kind)
     pos, neg = conds(fixtures, kind=kind)
     x = latent(kind)

@@ -25,7 +25,7 @@ def co(pack):
         kinds = ("self", "joint")
 
         def before(self, call):
-            call.set_kv(call.k * 1.5, call.v * 0.8)
+            call.set_qkv(k=call.k * 1.5, v=call.v * 0.8)
     Co.Tweak = Tweak
     return Co
 

@@ -247,7 +247,7 @@ class SharpenKeys:
         return call.kind in self.kinds
 
     def before(self, call):
-        call.set_kv(call.k * 1.5, None)
+        call.set_qkv(k=call.k * 1.5)
 
     def after(self, call, out):
         return out

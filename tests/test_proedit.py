@@ -69,7 +69,7 @@ class FullInject:
             for i, r in enumerate(call.rows("target", cond)):
                 k[r, :, call.img] = call.k[src[i], :, call.img]
                 v[r, :, call.img] = call.v[src[i], :, call.img]
-        call.set_kv(k, v)
+        call.set_qkv(k=k, v=v)
 
     def after(self, call, out):
         return out

@@ -1,6 +1,7 @@
-"""Source attention injection (MasaCtrl key+value / RF-Solver-Edit value / Plug-and-Play query+key): full K/V injection
-equals KV-mix with an empty mask, value and query+key modes against a hand computation, the step range, the layers it acts on (both families, the
-papers' layer counts), pass pairing, the node through ComfyUI's executor, and clear errors."""
+"""Source attention injection (MasaCtrl key+value / RF-Solver-Edit value / Plug-and-Play query+key): full K/V
+injection equals KV-mix with an empty mask, value and query+key modes against a hand computation, the step range,
+the layers it acts on (both families, the papers' layer counts; query+key also in FlowEdit), pass pairing, the node
+through ComfyUI's executor, and clear errors."""
 import pytest
 import torch
 from graphs import tiny_inputs

@@ -126,6 +126,14 @@ def real_loaders(g, family, with_target=True):
     return model, clip, vae, image, latent, src, tgt, neg
 
 
+def loaders(g, backbone, case_name, with_target=True):
+    """embedded_loaders (the case's image) or real_loaders (example.png), by backbone; and the embedded case (None
+    on a real model) as the last item."""
+    if backbone.startswith("embedded"):
+        return *embedded_loaders(g, backbone.split("_")[1], case_name, with_target), case_by_name(case_name)
+    return *real_loaders(g, backbone, with_target), None
+
+
 def reference(g, family, cond, latent, what):
     """FLUX.1 Kontext: the source image as the CONDITIONING's reference latent (every branch's: one model call
     shares it); other families, or no CONDITIONING: unchanged."""
@@ -177,18 +185,15 @@ def edit_workflow(backbone, name, patch=None, aux=False, invert_empty=False, sam
     image, src, tgt, neg links and the case.
     """
     g = Graph()
-    if backbone.startswith("embedded"):
-        denoiser = backbone.split("_")[1]
-        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, denoiser, DEMO_CASE)
-        steps, cfg = 20, (4.0 if denoiser == "unet" else 3.0)
+    model, clip, vae, image, latent, src, tgt, neg, case = loaders(g, backbone, DEMO_CASE)
+    if case is not None:
+        steps, cfg = 20, (3.0 if backbone in MMDIT else 4.0)
     else:
-        model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone)
         steps, cfg = real_sampling(backbone)
         if backbone in GUIDANCE_DISTILLED:
             src, tgt, neg = flux_guidance(g, src, tgt, neg)
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
-               backbone=backbone, case=case_by_name(DEMO_CASE) if backbone.startswith("embedded") else None,
-               steps=steps)
+               backbone=backbone, case=case, steps=steps)
     if patch is not None:
         model = patch(g, ctx)
     invert_edit_decode(g, model, vae, latent, neg if invert_empty else src, tgt, neg, f"{name}_{backbone}", steps,
@@ -411,35 +416,29 @@ def region_prompt(g, ctx, model, mask, recolour=False):
     return node[0], node[1]
 
 
-def flowedit_workflow(backbone, name, drawn_mask, region=False, recolour=False, case_name=None, paste=None):
+def flowedit_workflow(backbone, name, drawn_mask, region=False, plug_and_play=False, case_name=DEMO_CASE,
+                      paste=PASTE):
     """Load -> FlowEdit (MODEL with Keep Outside Mask) -> decode -> paste -> save. The kept region is outside the
     mask from attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png);
-    region: with a drawn mask, Region Prompt puts what the mask should contain inside it (on the embedded models: a
-    square in place of the circle, REGION_CASE); recolour: Region Prompt with the new colour, the source's layout
-    through Plug-and-Play, the paste from the mask's edge (embedded: the red circle turned yellow, DEMO_CASE);
-    case_name / paste: another embedded case / Paste Source Outside Mask's grow and feather."""
+    region: Region Prompt puts what the drawn mask should contain inside it; plug_and_play: the source's layout
+    through Plug-and-Play (the recolour); case_name: the embedded models' edit; paste: Paste Source Outside Mask's
+    grow and feather."""
     g = Graph()
-    embedded_model = backbone.startswith("embedded")
-    region = region or recolour
-    case_name = case_name or (REGION_CASE if region and not recolour else DEMO_CASE)
-    paste = paste or (EDGE_PASTE if recolour else PASTE)
-    if embedded_model:
-        model, clip, vae, image, latent, src, tgt, neg = embedded_loaders(g, backbone.split("_")[1], case_name,
-                                                                          with_target=not region)
+    model, clip, vae, image, latent, src, tgt, neg, case = loaders(g, backbone, case_name, with_target=not region)
+    if case is not None:
         settings = FLOWEDIT["embedded"][drawn_mask]
     else:
-        model, clip, vae, image, latent, src, tgt, neg = real_loaders(g, backbone, with_target=not region)
         settings = (FAMILIES[backbone]["flowedit"] if backbone in FAMILIES else
                     FLOWEDIT["flux" if backbone in GUIDANCE_DISTILLED else "unet"][drawn_mask])
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
-               backbone=backbone, case=case_by_name(case_name) if embedded_model else None)
+               backbone=backbone, case=case)
     mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
-    if recolour:
+    if plug_and_play:
         model = g.add("AttentionEditSourceInjection", title="plug-and-play: the source's layout", model=model,
                       mode="query+key (Plug-and-Play)", start_step=0, end_step=settings["n_max"],
                       layers="paper default", layer_fraction=0.0)[0]
     if region:
-        model, tgt = region_prompt(g, ctx, model, mask, recolour)
+        model, tgt = region_prompt(g, ctx, model, mask, recolour=plug_and_play)
         tgt = reference(g, backbone, tgt, latent, "region prompt")
     model = keep_outside(g, model, mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD if region else 0.0)
     if backbone in GUIDANCE_DISTILLED:
@@ -465,12 +464,13 @@ def flowedit_edit(backbone):
 def flowedit_masked_edit(backbone):
     """The recommended recolour with a drawn mask: FlowEdit keeping the source outside the mask, Region Prompt with
     the new colour inside it, Plug-and-Play keeping the source's layout."""
-    return flowedit_workflow(backbone, "flowedit_keep_mask", drawn_mask=True, recolour=True)
+    return flowedit_workflow(backbone, "flowedit_keep_mask", drawn_mask=True, region=True, plug_and_play=True,
+                             paste=EDGE_PASTE)
 
 
 def flowedit_region_edit(backbone):
     """The recommended edit with a drawn mask (replace, remove, a new background): FlowEdit with Region Prompt."""
-    return flowedit_workflow(backbone, "flowedit_region_mask", drawn_mask=True, region=True)
+    return flowedit_workflow(backbone, "flowedit_region_mask", drawn_mask=True, region=True, case_name=REGION_CASE)
 
 
 # Adding an object where a drawn mask says, on U-Nets (docs/region_prompt.md): Region Prompt, UnifyEdit's
@@ -498,13 +498,9 @@ def region_add_edit(backbone):
         return flowedit_workflow(backbone, "region_add_mask", drawn_mask=True, region=True, case_name=ADD_CASE,
                                  paste=EDGE_PASTE)
     g = Graph()
-    if backbone.startswith("embedded"):
-        model, clip, vae, image, latent, src, _, neg = embedded_loaders(g, "unet", ADD_CASE, with_target=False)
-        steps, cfg = 15, 4.0
-    else:
-        model, clip, vae, image, latent, src, _, neg = real_loaders(g, backbone, with_target=False)
-        steps, cfg = real_sampling(backbone)
-    ctx = dict(clip=clip, case=case_by_name(ADD_CASE) if backbone.startswith("embedded") else None)
+    model, clip, vae, image, latent, src, _, neg, case = loaders(g, backbone, ADD_CASE, with_target=False)
+    steps, cfg = (15, 4.0) if case is not None else real_sampling(backbone)  # 15: as measured
+    ctx = dict(clip=clip, case=case)
     mask = source_mask(g, ctx)
     model, tgt = region_prompt(g, ctx, model, mask)
     model = keep_outside(g, add_alignment(g, ctx, model, mask), mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD)
