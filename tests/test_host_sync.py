@@ -151,9 +151,10 @@ def word_mask(m, fixtures, kind):
 
 
 CASES = {"kv_mix_batch": kv_mix("batch"), "kv_mix_cache": kv_mix("cache"), "injection_kv": injection("key+value"),
-         "injection_v": injection("value"), "cpam_self_change": cpam_self("change"),
-         "cpam_self_remove": cpam_self("remove"), "cpam_cross": cpam_cross, "cpam_both": cpam_both,
-         "uniform": uniform, "region_prompt": region_prompt, "padded_prompts": padded_prompts, "unifyedit_record": unifyedit_record, "word_mask": word_mask}
+         "injection_v": injection("value"), "injection_qk": injection("query+key"),
+         "cpam_self_change": cpam_self("change"), "cpam_self_remove": cpam_self("remove"), "cpam_cross": cpam_cross,
+         "cpam_both": cpam_both, "uniform": uniform, "region_prompt": region_prompt, "padded_prompts": padded_prompts,
+         "unifyedit_record": unifyedit_record, "word_mask": word_mask}
 
 
 def summary(calls):
