@@ -271,12 +271,25 @@ def _add_alignment(g, ctx):
     return workflows.add_alignment(g, ctx, ctx["model"], ctx["mask"])
 
 
+def _in_addition_region(*patches):
+    """`patches` on the mask grown by workflows.ADD_GROW (where the new object is drawn); the paste still cuts at
+    the exact mask."""
+    def patch(g, ctx):
+        exact = ctx["mask"]
+        ctx["mask"] = workflows.addition_region(g, exact)
+        model = _chain(*patches)(g, ctx)
+        ctx["mask"] = ctx["paste_mask"] = exact
+        return model
+    return patch
+
+
 def _region_add():
     """The region_add_mask workflows, pasted from the mask's edge: on the U-Net Region Prompt + cross-attention
-    alignment to the mask + Keep Outside Mask in the Edit Sampler; on Flux the Region Prompt FlowEdit."""
+    alignment to the mask + Keep Outside Mask in the Edit Sampler; on Flux the Region Prompt FlowEdit; both on the
+    mask grown by half a latent cell."""
     keep = _keep(paste=workflows.EDGE_PASTE, cell_threshold=workflows.REGION_PROMPT_CELL_THRESHOLD)
-    unet = lambda d, c, i, s: _graph(d, c, i, s, patch=_chain(_region(), _add_alignment, keep))
-    flux = _flowedit(_chain(_region(), keep), **FLOWEDIT_MASKED)
+    unet = lambda d, c, i, s: _graph(d, c, i, s, patch=_in_addition_region(_region(), _add_alignment, keep))
+    flux = _flowedit(_in_addition_region(_region(), keep), **FLOWEDIT_MASKED)
     return lambda d, c, i, s: (unet if d == "unet" else flux)(d, c, i, s)
 
 

@@ -207,8 +207,8 @@ def test_region_add_workflows_draw_the_new_object_inside_the_drawn_mask(built):
     """Adding an object. U-Nets: Region Prompt -> cross-attention alignment of its words to the same mask
     (SAPreserveOptimizer without self-attention preservation) -> Keep Outside Mask (cells from 20%) -> Edit
     Sampler. MMDiT: Region Prompt -> Keep Outside Mask -> FlowEdit (FluxGuidance on the distilled families, the
-    reference latent on Kontext). The Region Prompt's CONDITIONING is the target's; the source is pasted back from
-    the mask's edge."""
+    reference latent on Kontext). All on the drawn mask grown by half a latent cell (GrowMask); the Region Prompt's
+    CONDITIONING is the target's; the source is pasted back from the drawn mask's own edge."""
     add = {name: api for name, (api, _) in built.items() if name.startswith("region_add_mask")}
     assert len(add) == 12
     for name, api in add.items():
@@ -217,7 +217,10 @@ def test_region_add_workflows_draw_the_new_object_inside_the_drawn_mask(built):
                   if n["class_type"] == ("AttentionEditSampler" if unet else "AttentionEditFlowEdit")]
         keep = source_of(api, edit["inputs"]["model"], "AttentionEditKeepOutsideMask")
         mask = keep["inputs"]["mask"]
-        assert api[mask[0]]["class_type"] == "LoadImageMask" and keep["inputs"]["cell_threshold"] == 0.2
+        grown = source_of(api, mask, "GrowMask")["inputs"]
+        assert (grown["expand"], grown["tapered_corners"]) == (4, True) and keep["inputs"]["cell_threshold"] == 0.2
+        drawn = grown["mask"]
+        assert api[drawn[0]]["class_type"] == "LoadImageMask", name
         if unet:
             align = source_of(api, keep["inputs"]["model"], "AttentionEditSAPreserveOptimizer")
             region = source_of(api, align["inputs"]["model"], "AttentionEditRegionPrompt")
@@ -236,7 +239,7 @@ def test_region_add_workflows_draw_the_new_object_inside_the_drawn_mask(built):
         assert source_of(api, target, "AttentionEditRegionPrompt") is region and target[1] == 1, name
         [save] = [n for n in api.values() if n["class_type"] == "SaveImage"]
         paste = source_of(api, save["inputs"]["images"], "AttentionEditPasteOutsideMask")
-        assert paste["inputs"]["mask"] == mask and (paste["inputs"]["grow"], paste["inputs"]["feather"]) == (0, 1)
+        assert paste["inputs"]["mask"] == drawn and (paste["inputs"]["grow"], paste["inputs"]["feather"]) == (0, 1)
 
 
 def test_flux_dev_workflows_invert_at_guidance_1_and_edit_at_2_without_cfg(built):

@@ -417,12 +417,13 @@ def region_prompt(g, ctx, model, mask, recolour=False):
 
 
 def flowedit_workflow(backbone, name, drawn_mask, region=False, plug_and_play=False, case_name=DEMO_CASE,
-                      paste=PASTE):
+                      paste=PASTE, addition=False):
     """Load -> FlowEdit (MODEL with Keep Outside Mask) -> decode -> paste -> save. The kept region is outside the
     mask from attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png);
     region: Region Prompt puts what the drawn mask should contain inside it; plug_and_play: the source's layout
     through Plug-and-Play (the recolour); case_name: the embedded models' edit; paste: Paste Source Outside Mask's
-    grow and feather."""
+    grow and feather; addition: Region Prompt and Keep Outside Mask act on the mask grown by ADD_GROW (the paste
+    still cuts at the mask)."""
     g = Graph()
     model, clip, vae, image, latent, src, tgt, neg, case = loaders(g, backbone, case_name, with_target=not region)
     if case is not None:
@@ -433,14 +434,15 @@ def flowedit_workflow(backbone, name, drawn_mask, region=False, plug_and_play=Fa
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
                backbone=backbone, case=case)
     mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
+    edited = addition_region(g, mask) if addition else mask
     if plug_and_play:
         model = g.add("AttentionEditSourceInjection", title="plug-and-play: the source's layout", model=model,
                       mode="query+key (Plug-and-Play)", start_step=0, end_step=settings["n_max"],
                       layers="paper default", layer_fraction=0.0)[0]
     if region:
-        model, tgt = region_prompt(g, ctx, model, mask, recolour=plug_and_play)
+        model, tgt = region_prompt(g, ctx, model, edited, recolour=plug_and_play)
         tgt = reference(g, backbone, tgt, latent, "region prompt")
-    model = keep_outside(g, model, mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD if region else 0.0)
+    model = keep_outside(g, model, edited, cell_threshold=REGION_PROMPT_CELL_THRESHOLD if region else 0.0)
     if backbone in GUIDANCE_DISTILLED:
         guided = lambda cond, what, v: g.add("FluxGuidance", title=f"FLUX guidance: {what}", conditioning=cond,
                                              guidance=v)[0]
@@ -473,9 +475,12 @@ def flowedit_region_edit(backbone):
     return flowedit_workflow(backbone, "flowedit_region_mask", drawn_mask=True, region=True, case_name=REGION_CASE)
 
 
-# Adding an object where a drawn mask says, on U-Nets (docs/region_prompt.md): Region Prompt, UnifyEdit's
-# cross-attention alignment alone on the mask (beta1 0: no self-attention preservation, the object is new), Keep
-# Outside Mask (cells from 20%), the Edit Sampler, and the paste from the mask's edge
+# Adding an object where a drawn mask says (docs/region_prompt.md). The object is drawn into the mask grown by half a
+# latent cell (ADD_GROW px): its soft edge falls outside the mask, where the paste from the mask's edge cuts it, so
+# the object fills its silhouette (in the mask alone it came out too small). U-Nets: Region Prompt, UnifyEdit's
+# cross-attention alignment alone (beta1 0: no self-attention preservation, the object is new), Keep Outside Mask
+# (cells from 20%), the Edit Sampler; MMDiT: the Region Prompt FlowEdit
+ADD_GROW = 4
 ADD_ALIGNMENT = dict(gradient_mode="balanced", beta1=0.0, beta2=2.0, k1=8.0, k2=8.0, iterations=5, step_size=2.5,
                      active_steps=10, attention_precision="float32", sap_region="full", layer_names="")
 
@@ -489,21 +494,29 @@ def add_alignment(g, ctx, model, mask):
                  target_prompt=prompt, **ADD_ALIGNMENT)[0]
 
 
+def addition_region(g, mask):
+    """Where a new object may be drawn: the drawn mask grown by ADD_GROW px (ComfyUI's GrowMask)."""
+    return g.add("GrowMask", title="where the object is drawn: the mask grown by half a latent cell", mask=mask,
+                 expand=ADD_GROW, tapered_corners=True)[0]
+
+
 def region_add_edit(backbone):
     """The recommended addition with a drawn mask. U-Nets: Region Prompt + cross-attention alignment + Keep Outside
     Mask -> Invert -> Edit Sampler -> decode; MMDiT (SAPreserveOptimizer is U-Net only): the Region Prompt FlowEdit.
-    Both paste the source back from the mask's edge."""
+    Both act on the mask grown by ADD_GROW and paste the source back from the mask's own edge."""
     name = f"region_add_mask_{backbone}"
     if backbone in MMDIT:
         return flowedit_workflow(backbone, "region_add_mask", drawn_mask=True, region=True, case_name=ADD_CASE,
-                                 paste=EDGE_PASTE)
+                                 paste=EDGE_PASTE, addition=True)
     g = Graph()
     model, clip, vae, image, latent, src, _, neg, case = loaders(g, backbone, ADD_CASE, with_target=False)
     steps, cfg = (15, 4.0) if case is not None else real_sampling(backbone)  # 15: as measured
     ctx = dict(clip=clip, case=case)
     mask = source_mask(g, ctx)
-    model, tgt = region_prompt(g, ctx, model, mask)
-    model = keep_outside(g, add_alignment(g, ctx, model, mask), mask, cell_threshold=REGION_PROMPT_CELL_THRESHOLD)
+    edited = addition_region(g, mask)
+    model, tgt = region_prompt(g, ctx, model, edited)
+    model = keep_outside(g, add_alignment(g, ctx, model, edited), edited,
+                         cell_threshold=REGION_PROMPT_CELL_THRESHOLD)
     paste = lambda g, decoded: g.add("AttentionEditPasteOutsideMask", image=decoded, source=image, mask=mask,
                                      **EDGE_PASTE)[0]
     invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, False, before_save=paste)
