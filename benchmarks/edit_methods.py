@@ -244,6 +244,18 @@ def _chain(*patches):
     return patch
 
 
+def _in_drawing_region(*patches):
+    """`patches` on workflows.drawing_region (the mask grown by half a latent cell: where the recolour or the new
+    object is drawn); the paste still cuts at the exact mask."""
+    def patch(g, ctx):
+        exact = ctx["mask"]
+        ctx["mask"] = workflows.drawing_region(g, exact)
+        model = _chain(*patches)(g, ctx)
+        ctx["mask"] = ctx["paste_mask"] = exact
+        return model
+    return patch
+
+
 def _plug_and_play(g, ctx):
     """Source Attention Injection, query+key (the source's layout), over FlowEdit's whole window in its paper's
     layers: the flowedit_keep_mask (recolour) workflows' setting."""
@@ -254,11 +266,11 @@ def _plug_and_play(g, ctx):
 def region_methods(cell_threshold=None, **settings):
     """Region Prompt + Keep Outside Mask (cell_threshold: the workflows' by default) + paste-back, exact mask, in
     the Edit Sampler and in FlowEdit (the flowedit_region_mask workflows); and the recolour workflows' pipeline:
-    the same with Plug-and-Play and the paste from the mask's edge (flowedit_keep_mask)."""
+    the same with Plug-and-Play, in the drawing region, pasted from the mask's edge (flowedit_keep_mask)."""
     threshold = workflows.REGION_PROMPT_CELL_THRESHOLD if cell_threshold is None else cell_threshold
     both = _chain(_region(**settings), _keep(paste=True, cell_threshold=threshold))
-    recolour = _chain(_plug_and_play, _region(**settings),
-                      _keep(paste=workflows.EDGE_PASTE, cell_threshold=threshold))
+    recolour = _in_drawing_region(_plug_and_play, _region(**settings),
+                                  _keep(paste=workflows.EDGE_PASTE, cell_threshold=threshold))
     return {"region_keep_exact_mask_paste": lambda d, c, i, s: _graph(d, c, i, s, patch=both),
             "flowedit_region_keep_exact_mask_paste": _flowedit(both, **FLOWEDIT_MASKED),
             "flowedit_recolour_exact_mask_paste": _flowedit(recolour, **FLOWEDIT_MASKED)}
@@ -271,25 +283,13 @@ def _add_alignment(g, ctx):
     return workflows.add_alignment(g, ctx, ctx["model"], ctx["mask"])
 
 
-def _in_addition_region(*patches):
-    """`patches` on the mask grown by workflows.ADD_GROW (where the new object is drawn); the paste still cuts at
-    the exact mask."""
-    def patch(g, ctx):
-        exact = ctx["mask"]
-        ctx["mask"] = workflows.addition_region(g, exact)
-        model = _chain(*patches)(g, ctx)
-        ctx["mask"] = ctx["paste_mask"] = exact
-        return model
-    return patch
-
-
 def _region_add():
     """The region_add_mask workflows, pasted from the mask's edge: on the U-Net Region Prompt + cross-attention
     alignment to the mask + Keep Outside Mask in the Edit Sampler; on Flux the Region Prompt FlowEdit; both on the
     mask grown by half a latent cell."""
     keep = _keep(paste=workflows.EDGE_PASTE, cell_threshold=workflows.REGION_PROMPT_CELL_THRESHOLD)
-    unet = lambda d, c, i, s: _graph(d, c, i, s, patch=_in_addition_region(_region(), _add_alignment, keep))
-    flux = _flowedit(_in_addition_region(_region(), keep), **FLOWEDIT_MASKED)
+    unet = lambda d, c, i, s: _graph(d, c, i, s, patch=_in_drawing_region(_region(), _add_alignment, keep))
+    flux = _flowedit(_in_drawing_region(_region(), keep), **FLOWEDIT_MASKED)
     return lambda d, c, i, s: (unet if d == "unet" else flux)(d, c, i, s)
 
 

@@ -164,8 +164,8 @@ def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(bu
     """FlowEdit examples: Keep Outside Mask (from attention, or drawn) on the MODEL; FLUX.1-dev (and Kontext,
     FLUX.2) at the paper's guidance 1.5 (source) / 5.5 (target) through FluxGuidance, no CFG. With Region Prompt
     (every drawn-mask workflow): on the drawn mask, its CONDITIONING as the target's, latent cells inside from 20%
-    coverage. The recolour (flowedit_keep_mask) adds Plug-and-Play over FlowEdit's whole window and pastes from the
-    mask's edge; the others paste over a 2 px seam."""
+    coverage. The recolour (flowedit_keep_mask) adds Plug-and-Play over FlowEdit's whole window, draws into the mask
+    grown by half a latent cell and pastes from the mask's own edge; the others paste over a 2 px seam."""
     flowedit = {name: api for name, (api, _) in built.items() if name.startswith("flowedit")}
     assert len(flowedit) == 36  # 12 backbones: no mask, a drawn mask, a drawn mask with Region Prompt
     for name, api in flowedit.items():
@@ -174,10 +174,15 @@ def test_flowedit_workflows_keep_outside_a_mask_with_the_papers_flux_guidance(bu
         paste = api[save["inputs"]["images"][0]]
         assert paste["class_type"] == "AttentionEditPasteOutsideMask", name  # the source's own pixels outside
         keep = source_of(api, edit["inputs"]["model"], "AttentionEditKeepOutsideMask")
-        mask = api[keep["inputs"]["mask"][0]]["class_type"]
-        assert mask == ("LoadImageMask" if "_mask_" in name else "AttentionEditMaskFromAttention"), name
-        assert paste["inputs"]["mask"] == keep["inputs"]["mask"], name
         recolour = name.startswith("flowedit_keep_mask_")
+        drawn = keep["inputs"]["mask"]
+        if recolour:  # drawn into the mask grown by half a latent cell, pasted from the mask itself
+            grown = source_of(api, drawn, "GrowMask")["inputs"]
+            assert (grown["expand"], grown["tapered_corners"]) == (4, True), name
+            drawn = grown["mask"]
+        mask = api[drawn[0]]["class_type"]
+        assert mask == ("LoadImageMask" if "_mask_" in name else "AttentionEditMaskFromAttention"), name
+        assert paste["inputs"]["mask"] == drawn, name
         seam = (paste["inputs"]["grow"], paste["inputs"]["feather"])
         assert seam == ((0, 1) if recolour else (2, 2)), name
         if "_mask_" in name:

@@ -396,6 +396,17 @@ REGION_PROMPT_CELL_THRESHOLD = 0.2
 # grown seam; removals and new backgrounds keep PASTE's seam, where the old object's soft edge must go too);
 # docs/region_prompt.md
 EDGE_PASTE = dict(grow=0, feather=1)
+# ... and both draw into the mask grown by half a latent cell (DRAW_GROW px), feeding Region Prompt (the alignment)
+# and Keep Outside Mask: the new colour's or object's soft edge then falls outside the mask, where the paste cuts
+# it, so the object fills its silhouette (in the mask alone, added objects came out too small and recolours of one
+# of two objects left part of the old colour)
+DRAW_GROW = 4
+
+
+def drawing_region(g, mask):
+    """Where the recolour or the new object is drawn: the drawn mask grown by DRAW_GROW px (ComfyUI's GrowMask)."""
+    return g.add("GrowMask", title="where it is drawn: the mask grown by half a latent cell", mask=mask,
+                 expand=DRAW_GROW, tapered_corners=True)[0]
 
 
 def region_text(ctx, recolour=False):
@@ -417,13 +428,13 @@ def region_prompt(g, ctx, model, mask, recolour=False):
 
 
 def flowedit_workflow(backbone, name, drawn_mask, region=False, plug_and_play=False, case_name=DEMO_CASE,
-                      paste=PASTE, addition=False):
+                      paste=PASTE, grown=False):
     """Load -> FlowEdit (MODEL with Keep Outside Mask) -> decode -> paste -> save. The kept region is outside the
     mask from attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png);
     region: Region Prompt puts what the drawn mask should contain inside it; plug_and_play: the source's layout
     through Plug-and-Play (the recolour); case_name: the embedded models' edit; paste: Paste Source Outside Mask's
-    grow and feather; addition: Region Prompt and Keep Outside Mask act on the mask grown by ADD_GROW (the paste
-    still cuts at the mask)."""
+    grow and feather; grown: Region Prompt and Keep Outside Mask act on drawing_region (the paste still cuts at
+    the mask)."""
     g = Graph()
     model, clip, vae, image, latent, src, tgt, neg, case = loaders(g, backbone, case_name, with_target=not region)
     if case is not None:
@@ -434,7 +445,7 @@ def flowedit_workflow(backbone, name, drawn_mask, region=False, plug_and_play=Fa
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
                backbone=backbone, case=case)
     mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
-    edited = addition_region(g, mask) if addition else mask
+    edited = drawing_region(g, mask) if grown else mask
     if plug_and_play:
         model = g.add("AttentionEditSourceInjection", title="plug-and-play: the source's layout", model=model,
                       mode="query+key (Plug-and-Play)", start_step=0, end_step=settings["n_max"],
@@ -467,7 +478,7 @@ def flowedit_masked_edit(backbone):
     """The recommended recolour with a drawn mask: FlowEdit keeping the source outside the mask, Region Prompt with
     the new colour inside it, Plug-and-Play keeping the source's layout."""
     return flowedit_workflow(backbone, "flowedit_keep_mask", drawn_mask=True, region=True, plug_and_play=True,
-                             paste=EDGE_PASTE)
+                             paste=EDGE_PASTE, grown=True)
 
 
 def flowedit_region_edit(backbone):
@@ -475,12 +486,9 @@ def flowedit_region_edit(backbone):
     return flowedit_workflow(backbone, "flowedit_region_mask", drawn_mask=True, region=True, case_name=REGION_CASE)
 
 
-# Adding an object where a drawn mask says (docs/region_prompt.md). The object is drawn into the mask grown by half a
-# latent cell (ADD_GROW px): its soft edge falls outside the mask, where the paste from the mask's edge cuts it, so
-# the object fills its silhouette (in the mask alone it came out too small). U-Nets: Region Prompt, UnifyEdit's
+# Adding an object where a drawn mask says (docs/region_prompt.md). U-Nets: Region Prompt, UnifyEdit's
 # cross-attention alignment alone (beta1 0: no self-attention preservation, the object is new), Keep Outside Mask
-# (cells from 20%), the Edit Sampler; MMDiT: the Region Prompt FlowEdit
-ADD_GROW = 4
+# (cells from 20%), the Edit Sampler; MMDiT: the Region Prompt FlowEdit. Both in drawing_region, pasted from the edge
 ADD_ALIGNMENT = dict(gradient_mode="balanced", beta1=0.0, beta2=2.0, k1=8.0, k2=8.0, iterations=5, step_size=2.5,
                      active_steps=10, attention_precision="float32", sap_region="full", layer_names="")
 
@@ -494,26 +502,20 @@ def add_alignment(g, ctx, model, mask):
                  target_prompt=prompt, **ADD_ALIGNMENT)[0]
 
 
-def addition_region(g, mask):
-    """Where a new object may be drawn: the drawn mask grown by ADD_GROW px (ComfyUI's GrowMask)."""
-    return g.add("GrowMask", title="where the object is drawn: the mask grown by half a latent cell", mask=mask,
-                 expand=ADD_GROW, tapered_corners=True)[0]
-
-
 def region_add_edit(backbone):
     """The recommended addition with a drawn mask. U-Nets: Region Prompt + cross-attention alignment + Keep Outside
     Mask -> Invert -> Edit Sampler -> decode; MMDiT (SAPreserveOptimizer is U-Net only): the Region Prompt FlowEdit.
-    Both act on the mask grown by ADD_GROW and paste the source back from the mask's own edge."""
+    Both draw into drawing_region and paste the source back from the mask's own edge."""
     name = f"region_add_mask_{backbone}"
     if backbone in MMDIT:
         return flowedit_workflow(backbone, "region_add_mask", drawn_mask=True, region=True, case_name=ADD_CASE,
-                                 paste=EDGE_PASTE, addition=True)
+                                 paste=EDGE_PASTE, grown=True)
     g = Graph()
     model, clip, vae, image, latent, src, _, neg, case = loaders(g, backbone, ADD_CASE, with_target=False)
     steps, cfg = (15, 4.0) if case is not None else real_sampling(backbone)  # 15: as measured
     ctx = dict(clip=clip, case=case)
     mask = source_mask(g, ctx)
-    edited = addition_region(g, mask)
+    edited = drawing_region(g, mask)
     model, tgt = region_prompt(g, ctx, model, edited)
     model = keep_outside(g, add_alignment(g, ctx, model, edited), edited,
                          cell_threshold=REGION_PROMPT_CELL_THRESHOLD)
