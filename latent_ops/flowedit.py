@@ -15,7 +15,7 @@ from ..attention.run_state import RunState
 from .branch_run import prepare_branches
 from .guided_loop import StepProgress, run_guided
 from .inversion import schedule
-from .latent_hooks import latent_hooks_of
+from .latent_hooks import after_step_hooks
 from .preserve import REFERENCE_KEY
 from .solvers import direction
 
@@ -45,7 +45,7 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
     run = RunState(branches=roles, per_branch=n, phase="edit", total_steps=n_max, latent_hw=tuple(latent.shape[-2:]))
     clone, positive, negative, guider_cfg = prepare_branches(model, run, conds,
                                                              [source_cfg, target_cfg, aux_cfg][:len(roles)], negative)
-    hooks = latent_hooks_of(model)
+    hooks = after_step_hooks(model, "FlowEdit")
     generator = torch.Generator().manual_seed(int(seed))
     first, last_ode = steps - n_max, steps - n_min
     progress = StepProgress(steps - first, clone)

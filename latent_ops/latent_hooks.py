@@ -31,6 +31,22 @@ def latent_hooks_of(model):
     return tuple(model.model_options.get(LATENT_HOOKS_KEY, ()))
 
 
+def after_step_hooks(model, sampler):
+    """The MODEL's latent hooks for a sampler that calls only after_step (FlowEdit). A hook that acts before the
+    model call or on its denoised estimate would do nothing there, so it is refused by name."""
+    hooks = latent_hooks_of(model)
+    unused = [getattr(h, "technique", None) or type(h).__name__.replace("Hook", "") for h in hooks
+              if type(h).adjust_latent is not LatentHook.adjust_latent
+              or type(h).adjust_denoised is not LatentHook.adjust_denoised]
+    if unused:
+        names = ", ".join(unused)
+        raise ValueError(f"model: {names} works on the latent before each model call or on the denoised "
+                         f"estimate, which {sampler} does not have, so it would do nothing there. Sample this MODEL "
+                         f"with the Edit Sampler (or SamplerCustomAdvanced with the Edit Guider), or leave {names} "
+                         f"out of {sampler}'s MODEL.")
+    return hooks
+
+
 def with_latent_hook(model, hook):
     """A clone of `model` that also carries `hook`; the input MODEL is left untouched."""
     model_family(model)  # a family the pack refuses is refused here too, by name

@@ -155,6 +155,8 @@ class UnifyEditHook(LatentHook):
     on_update: optional callback(dict) per iteration (tests, diagnostics); never stored on the run.
     """
 
+    technique = "SA-Preserve Optimizer (UnifyEdit)"
+
     def __init__(self, config, mask=None, on_update=None):
         self.config, self.mask, self.on_update = config, mask, on_update
 

@@ -10,8 +10,10 @@ class FlowEdit:
     DESCRIPTION = ("FlowEdit (Kulikov et al.): edits without inversion by integrating the difference between the "
                    "target and source predictions along noisy copies of the source, averaged over noise draws. The "
                    "MODEL's attention patches (KV-Mix, CPAM, ...) see the source, target and aux rows as in the Edit "
-                   "Sampler, and Keep Outside Mask applies. Flow models (FLUX, SD3) as in the paper; eps/v U-Nets "
-                   "run the same ODE in ComfyUI's sigma parameterisation.")
+                   "Sampler, and Keep Outside Mask applies. SA-Preserve Optimizer and Blend act before the model "
+                   "call or on its denoised estimate, which FlowEdit has not: it refuses them (use the Edit Sampler). "
+                   "Flow models (FLUX, SD3) as in the paper; eps/v U-Nets run the same ODE in ComfyUI's sigma "
+                   "parameterisation.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("edited",)

@@ -168,6 +168,36 @@ def test_flowedit_takes_attention_patches(ops, fixtures, kind):
     torch.testing.assert_close(same["target"], plain["target"], atol=1e-5, rtol=1e-5)
 
 
+def test_flowedit_refuses_latent_hooks_it_cannot_run(ops, fixtures, comfy, run):
+    """FlowEdit calls only after_step: a latent hook that works before the model call (SA-Preserve Optimizer) or
+    on the denoised estimate (Blend) would do nothing there, so FlowEdit refuses it by name, in a graph too."""
+    class OnDenoised(ops.latent_hooks.LatentHook):
+        technique = "a denoised-estimate hook"
+
+        def adjust_denoised(self, run, x, denoised, sigma, sigma_next):
+            return denoised
+
+    model = fixtures.tiny_model("flux")
+    x0, pos = source_latent(12), fixtures.tiny_conditioning("a red circle")
+    with pytest.raises(ValueError, match="model: a denoised-estimate hook works on .* FlowEdit does not have"):
+        ops.flowedit.flow_edit(ops.latent_hooks.with_latent_hook(model, OnDenoised()), x0, pos, pos, steps=4,
+                               n_max=3, source_cfg=1.0, target_cfg=1.0)
+    prompt = {
+        **tiny_inputs("sd15"),
+        "6": {"class_type": "AttentionEditSAPreserveOptimizer", "inputs": {
+            "model": ["1", 0], "edit_tokens": "#3", "gradient_mode": "balanced", "beta1": 1.0, "beta2": 1.0,
+            "k1": 8.0, "k2": 8.0, "iterations": 1, "step_size": 2.5, "active_steps": 1, "sa_layers": "all",
+            "ca_layers": "all", "attention_precision": "float32"}},
+        "7": {"class_type": "AttentionEditFlowEdit", "inputs": {
+            "model": ["6", 0], "latent": ["5", 0], "source_positive": ["2", 0], "target_positive": ["3", 0],
+            "steps": 4, "scheduler": "simple", "n_max": 3, "n_min": 0, "n_avg": 1, "source_cfg": 1.0,
+            "target_cfg": 2.0, "seed": 0, "negative": ["4", 0]}},
+    }
+    with pytest.raises(comfy.PromptError, match=r"SA-Preserve Optimizer \(UnifyEdit\) works on the latent before "
+                                                r"each model call.*Edit Sampler"):
+        run(prompt)
+
+
 @pytest.mark.parametrize("kind", ["sd15", "flux"])
 def test_preservation_nodes_in_a_graph(run, kind):
     """Invert (exact) -> Keep Outside Mask (all zeros) -> Edit Sampler with drift correction: the source back;
