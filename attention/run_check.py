@@ -24,12 +24,16 @@ def tell(text, level=logging.INFO):
         server.send_progress_text(text, context.node_id)
 
 
+def technique_name(hook):
+    """The name a latent hook is given in messages: its `technique`, else its class name without "Hook"."""
+    return getattr(hook, "technique", None) or type(hook).__name__.replace("Hook", "")
+
+
 def idle_techniques(model_options):
     """Names of the techniques in these model options that do nothing without the pack's run state."""
     chain = model_options.get("transformer_options", {}).get(CHAIN_KEY, ())
     names = [c.idle_without_run() for c in chain if hasattr(c, "idle_without_run")]  # duck-typed others: no
-    names += [getattr(h, "technique", None) or type(h).__name__.replace("Hook", "")
-              for h in model_options.get(LATENT_HOOKS_KEY, ())]
+    names += [technique_name(h) for h in model_options.get(LATENT_HOOKS_KEY, ())]
     return list(dict.fromkeys(n for n in names if n))
 
 

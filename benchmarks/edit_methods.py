@@ -55,7 +55,7 @@ def _pasted(g, ctx, decoded):
     if ctx.get("paste_mask") is None:
         return decoded
     return g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=ctx["image"], mask=ctx["paste_mask"],
-                 **ctx["paste"])
+                 **ctx.get("paste", workflows.PASTE))
 
 
 def _decoded(g, ctx, samples):
@@ -96,13 +96,11 @@ def _flowedit(patch=None, **overrides):
 def _keep(technique=None, mask="exact", paste=False, **keep):
     """`technique`'s MODEL patch followed by Keep Outside Mask with ctx["mask"] (the exact edit mask unless the
     technique replaced it) or ("attention") a mask from attention; paste: the decoded edit then gets the source's
-    pixels outside the same mask (Paste Source Outside Mask; True: workflows.PASTE's grow and feather, or a dict of
-    them)."""
+    pixels outside the same mask (Paste Source Outside Mask)."""
     def patch(g, ctx):
         model = technique(g, ctx) if technique else ctx["model"]
         chosen = ctx["mask"] if mask == "exact" else workflows.attention_mask(g, ctx)
         ctx["paste_mask"] = chosen if paste else None
-        ctx["paste"] = paste if isinstance(paste, dict) else workflows.PASTE
         return workflows.keep_outside(g, model, chosen, **keep)
     return patch
 
@@ -244,14 +242,15 @@ def _chain(*patches):
     return patch
 
 
-def _in_drawing_region(*patches):
-    """`patches` on workflows.drawing_region (the mask grown by half a latent cell: where the recolour or the new
-    object is drawn); the paste still cuts at the exact mask."""
+def _into_silhouette(*patches):
+    """`patches` drawing into the exact mask's silhouette, as the workflows' `silhouette` does: on
+    workflows.drawing_region (the mask grown by half a latent cell), the paste from the exact mask's own edge."""
     def patch(g, ctx):
         exact = ctx["mask"]
         ctx["mask"] = workflows.drawing_region(g, exact)
         model = _chain(*patches)(g, ctx)
         ctx["mask"] = ctx["paste_mask"] = exact
+        ctx["paste"] = workflows.EDGE_PASTE
         return model
     return patch
 
@@ -266,11 +265,10 @@ def _plug_and_play(g, ctx):
 def region_methods(cell_threshold=None, **settings):
     """Region Prompt + Keep Outside Mask (cell_threshold: the workflows' by default) + paste-back, exact mask, in
     the Edit Sampler and in FlowEdit (the flowedit_region_mask workflows); and the recolour workflows' pipeline:
-    the same with Plug-and-Play, in the drawing region, pasted from the mask's edge (flowedit_keep_mask)."""
+    the same with Plug-and-Play, into the mask's silhouette (flowedit_keep_mask)."""
     threshold = workflows.REGION_PROMPT_CELL_THRESHOLD if cell_threshold is None else cell_threshold
     both = _chain(_region(**settings), _keep(paste=True, cell_threshold=threshold))
-    recolour = _in_drawing_region(_plug_and_play, _region(**settings),
-                                  _keep(paste=workflows.EDGE_PASTE, cell_threshold=threshold))
+    recolour = _into_silhouette(_plug_and_play, _region(**settings), _keep(paste=True, cell_threshold=threshold))
     return {"region_keep_exact_mask_paste": lambda d, c, i, s: _graph(d, c, i, s, patch=both),
             "flowedit_region_keep_exact_mask_paste": _flowedit(both, **FLOWEDIT_MASKED),
             "flowedit_recolour_exact_mask_paste": _flowedit(recolour, **FLOWEDIT_MASKED)}
@@ -287,9 +285,9 @@ def _region_add():
     """The region_add_mask workflows, pasted from the mask's edge: on the U-Net Region Prompt + cross-attention
     alignment to the mask + Keep Outside Mask in the Edit Sampler; on Flux the Region Prompt FlowEdit; both on the
     mask grown by half a latent cell."""
-    keep = _keep(paste=workflows.EDGE_PASTE, cell_threshold=workflows.REGION_PROMPT_CELL_THRESHOLD)
-    unet = lambda d, c, i, s: _graph(d, c, i, s, patch=_in_drawing_region(_region(), _add_alignment, keep))
-    flux = _flowedit(_in_drawing_region(_region(), keep), **FLOWEDIT_MASKED)
+    keep = _keep(paste=True, cell_threshold=workflows.REGION_PROMPT_CELL_THRESHOLD)
+    unet = lambda d, c, i, s: _graph(d, c, i, s, patch=_into_silhouette(_region(), _add_alignment, keep))
+    flux = _flowedit(_into_silhouette(_region(), keep), **FLOWEDIT_MASKED)
     return lambda d, c, i, s: (unet if d == "unet" else flux)(d, c, i, s)
 
 

@@ -35,6 +35,7 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
               n_min=0, n_avg=1, source_cfg=1.5, target_cfg=5.5, seed=0, aux_positive=None, aux_cfg=1.0):
     """latent: the source LATENT samples (user space). Returns ({role: final latent, user space}, RunState)."""
     check_window(steps, n_max, n_min, n_avg)
+    hooks = after_step_hooks(model, "FlowEdit")  # before any work: a hook FlowEdit cannot run is refused
     roles = ["source", "target"] + (["aux"] if aux_positive is not None else [])
     conds = [source_positive, target_positive] + ([aux_positive] if aux_positive is not None else [])
     n = latent.shape[0]
@@ -45,7 +46,6 @@ def flow_edit(model, latent, source_positive, target_positive, negative=None, st
     run = RunState(branches=roles, per_branch=n, phase="edit", total_steps=n_max, latent_hw=tuple(latent.shape[-2:]))
     clone, positive, negative, guider_cfg = prepare_branches(model, run, conds,
                                                              [source_cfg, target_cfg, aux_cfg][:len(roles)], negative)
-    hooks = after_step_hooks(model, "FlowEdit")
     generator = torch.Generator().manual_seed(int(seed))
     first, last_ode = steps - n_max, steps - n_min
     progress = StepProgress(steps - first, clone)

@@ -3,7 +3,7 @@
 
 from ..attention.controller import LATENT_HOOKS_KEY
 from ..attention.hooks import model_family
-from ..attention.run_check import add_run_check
+from ..attention.run_check import add_run_check, technique_name
 
 
 class LatentHook:
@@ -35,8 +35,7 @@ def after_step_hooks(model, sampler):
     """The MODEL's latent hooks for a sampler that calls only after_step (FlowEdit). A hook that acts before the
     model call or on its denoised estimate would do nothing there, so it is refused by name."""
     hooks = latent_hooks_of(model)
-    unused = [getattr(h, "technique", None) or type(h).__name__.replace("Hook", "") for h in hooks
-              if type(h).adjust_latent is not LatentHook.adjust_latent
+    unused = [technique_name(h) for h in hooks if type(h).adjust_latent is not LatentHook.adjust_latent
               or type(h).adjust_denoised is not LatentHook.adjust_denoised]
     if unused:
         names = ", ".join(unused)

@@ -30,18 +30,6 @@ def embedded_workflows():
     return found
 
 
-def workflow_case(build, prompt):
-    """The embedded edit case a workflow edits, from its LoadImage file (attention_edit_case_<name>.png)."""
-    names = [n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"]
-    prefix = build.input_image_name("")[:-len(".png")]
-    return build.case_by_name(names[0][len(prefix):-len(".png")])
-
-
-def load_source(build, case):
-    path = ROOT / "workflows" / "inputs" / build.input_image_name(case.name)
-    return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
-
-
 def contact_sheet(rows, labels, path, cell=128):
     """rows: [(row label, [images])] with the source first; labelled columns."""
     pad, head = 8, 22
@@ -72,8 +60,8 @@ def main():
     results, images, cases = [], {}, {}
     with ComfyServer(threads=args.threads) as server:  # the pack puts the input images into its input folder
         for label, denoiser, prompt in tqdm(workflows, desc="demo workflows", unit="workflow"):
-            case = cases[label] = workflow_case(build, prompt)
-            source = load_source(build, case)
+            case = cases[label] = build.case_of(prompt)
+            source = build.source_pixels(case)
             _, keep = case.masks(64)
             entry = server.run(prompt, timeout=900)
             [file] = [f for _, f in server.output_files(entry, "images") if f["type"] == "output"]  # not previews
@@ -97,7 +85,7 @@ def main():
         chosen = [label for label in labels if cases[label].name == case]
         columns += chosen
         keys += [(label, None) for label in chosen]
-    picture = lambda case: Image.fromarray((load_source(build, build.case_by_name(case)) * 255).astype(np.uint8))
+    picture = lambda name: Image.fromarray((build.source_pixels(build.case_by_name(name)) * 255).astype(np.uint8))
     rows = [(d, [picture(case) if label == "source" else images.get((label, d)) for label, case in keys])
             for d in ("unet", "flux")]
     contact_sheet(rows, columns, out / "contact_sheet.png")

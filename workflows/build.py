@@ -15,12 +15,27 @@ from graph import Graph  # noqa: E402
 
 DEMO_CASE = "colour_red_to_yellow"  # the embedded workflows' edit (embedded/edit_cases.py)
 REGION_CASE = "shape_circle_to_square"  # the embedded Region Prompt workflows' edit: new content in the mask
-ADD_CASE = "layout_addition_3_top_edge"  # the embedded addition workflows' edit: a triangle where the mask is
+ADD_CASE = "layout_addition_3_top_edge"  # the embedded addition workflows' edit: a white circle where the mask is
 
 
 def case_by_name(name):
     from embedded.edit_suite import benchmark_cases
     return next(c for c in benchmark_cases() if c.name == name)
+
+
+def case_of(prompt):
+    """The embedded edit case an API prompt edits, from its LoadImage file (input_image_name)."""
+    [image] = [n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"]
+    prefix = input_image_name("")[:-len(".png")]
+    return case_by_name(image[len(prefix):-len(".png")])
+
+
+def source_pixels(case):
+    """The case's source image as the embedded workflows load it: float RGB in [0, 1], [H, W, 3]."""
+    import numpy as np
+    from PIL import Image
+    image = Image.open(HERE / "inputs" / input_image_name(case.name)).convert("RGB")
+    return np.asarray(image, np.float32) / 255.0
 
 
 def input_image_name(case_name):
@@ -427,14 +442,21 @@ def region_prompt(g, ctx, model, mask, recolour=False):
     return node[0], node[1]
 
 
+def paste_back(g, decoded, image, mask, silhouette=False):
+    """Paste Source Outside Mask: the source's own pixels outside `mask`, from the mask's own edge (silhouette:
+    EDGE_PASTE) or over PASTE's 2 px seam."""
+    return g.add("AttentionEditPasteOutsideMask", image=decoded, source=image, mask=mask,
+                 **(EDGE_PASTE if silhouette else PASTE))[0]
+
+
 def flowedit_workflow(backbone, name, drawn_mask, region=False, plug_and_play=False, case_name=DEMO_CASE,
-                      paste=PASTE, grown=False):
+                      silhouette=False):
     """Load -> FlowEdit (MODEL with Keep Outside Mask) -> decode -> paste -> save. The kept region is outside the
     mask from attention (no mask from the user) or outside a drawn mask (the case's exact mask / example_mask.png);
     region: Region Prompt puts what the drawn mask should contain inside it; plug_and_play: the source's layout
-    through Plug-and-Play (the recolour); case_name: the embedded models' edit; paste: Paste Source Outside Mask's
-    grow and feather; grown: Region Prompt and Keep Outside Mask act on drawing_region (the paste still cuts at
-    the mask)."""
+    through Plug-and-Play (the recolour); case_name: the embedded models' edit; silhouette: drawn into the mask's
+    silhouette (the recolour, the addition): Region Prompt and Keep Outside Mask on drawing_region, the paste from
+    the mask's own edge."""
     g = Graph()
     model, clip, vae, image, latent, src, tgt, neg, case = loaders(g, backbone, case_name, with_target=not region)
     if case is not None:
@@ -445,7 +467,7 @@ def flowedit_workflow(backbone, name, drawn_mask, region=False, plug_and_play=Fa
     ctx = dict(model=model, clip=clip, vae=vae, image=image, latent=latent, src=src, tgt=tgt, neg=neg,
                backbone=backbone, case=case)
     mask = source_mask(g, ctx) if drawn_mask else attention_mask(g, ctx)
-    edited = drawing_region(g, mask) if grown else mask
+    edited = drawing_region(g, mask) if silhouette else mask
     if plug_and_play:
         model = g.add("AttentionEditSourceInjection", title="plug-and-play: the source's layout", model=model,
                       mode="query+key (Plug-and-Play)", start_step=0, end_step=settings["n_max"],
@@ -464,8 +486,8 @@ def flowedit_workflow(backbone, name, drawn_mask, region=False, plug_and_play=Fa
     decoded = g.add("VAEDecode", samples=edit[0], vae=vae)
     # outside the mask, the source's own pixels (no VAE round trip): +2.4 (U-Net) / +7.3 (Flux) dB with the mask
     # from attention, 32.6 -> 59.8 (U-Net) / 58.5 (Flux) dB with a drawn mask (docs/preservation.md)
-    decoded = g.add("AttentionEditPasteOutsideMask", image=decoded[0], source=image, mask=mask, **paste)
-    g.add("SaveImage", images=decoded[0], filename_prefix=f"attention_edit/{name}_{backbone}")
+    decoded = paste_back(g, decoded[0], image, mask, silhouette)
+    g.add("SaveImage", images=decoded, filename_prefix=f"attention_edit/{name}_{backbone}")
     return g
 
 
@@ -478,7 +500,7 @@ def flowedit_masked_edit(backbone):
     """The recommended recolour with a drawn mask: FlowEdit keeping the source outside the mask, Region Prompt with
     the new colour inside it, Plug-and-Play keeping the source's layout."""
     return flowedit_workflow(backbone, "flowedit_keep_mask", drawn_mask=True, region=True, plug_and_play=True,
-                             paste=EDGE_PASTE, grown=True)
+                             silhouette=True)
 
 
 def flowedit_region_edit(backbone):
@@ -509,7 +531,7 @@ def region_add_edit(backbone):
     name = f"region_add_mask_{backbone}"
     if backbone in MMDIT:
         return flowedit_workflow(backbone, "region_add_mask", drawn_mask=True, region=True, case_name=ADD_CASE,
-                                 paste=EDGE_PASTE, grown=True)
+                                 silhouette=True)
     g = Graph()
     model, clip, vae, image, latent, src, _, neg, case = loaders(g, backbone, ADD_CASE, with_target=False)
     steps, cfg = (15, 4.0) if case is not None else real_sampling(backbone)  # 15: as measured
@@ -519,9 +541,8 @@ def region_add_edit(backbone):
     model, tgt = region_prompt(g, ctx, model, edited)
     model = keep_outside(g, add_alignment(g, ctx, model, edited), edited,
                          cell_threshold=REGION_PROMPT_CELL_THRESHOLD)
-    paste = lambda g, decoded: g.add("AttentionEditPasteOutsideMask", image=decoded, source=image, mask=mask,
-                                     **EDGE_PASTE)[0]
-    invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, False, before_save=paste)
+    invert_edit_decode(g, model, vae, latent, src, tgt, neg, name, steps, cfg, False,
+                       before_save=lambda g, decoded: paste_back(g, decoded, image, mask, silhouette=True))
     return g
 
 
